@@ -1,0 +1,24 @@
+"""Backends: one folder each, with the same file and class names (model, inference, train_step)."""
+
+from __future__ import annotations
+
+from pnlm.errors import BackendError
+
+BACKENDS = ("torch", "cuda", "mlx")
+
+
+def load_inference_model(path, backend: str, dtype: str = "float32"):
+    """Import only the backend asked for, so a torch user needs no MLX and the reverse."""
+    if backend in ("torch", "cuda"):
+        try:
+            from pnlm.backends.torch.inference import InferenceModel
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
+        return InferenceModel.from_checkpoint(path, device="cuda" if backend == "cuda" else "cpu", dtype=dtype)
+    if backend == "mlx":
+        try:
+            from pnlm.backends.mlx.inference import InferenceModel
+        except ImportError as exc:
+            raise BackendError(f"backend 'mlx' needs MLX: pip install 'pnlm[mlx]' ({exc})") from None
+        return InferenceModel.from_checkpoint(path, dtype=dtype)
+    raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

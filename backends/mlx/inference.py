@@ -1,0 +1,58 @@
+"""Inference on MLX: `pnlm.load(CKPT, backend="mlx")`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from pnlm import inference
+from pnlm.backends.mlx.model import KVCache, Transformer
+from pnlm.checkpoint import load_checkpoint
+from pnlm.errors import BackendError
+from pnlm.spec import ModelSpec
+from pnlm.tokenizer import Tokenizer
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def resolve_dtype(dtype: str) -> mx.Dtype:
+    if dtype not in DTYPES:
+        raise BackendError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class InferenceModel(inference.InferenceModel):
+    backend = "mlx"
+
+    def __init__(self, spec: ModelSpec, weights: dict[str, np.ndarray], tokenizer: Tokenizer,
+                 method: str = "slm", dtype: str = "float32") -> None:
+        super().__init__(spec, tokenizer, method)
+        self.dtype = resolve_dtype(dtype)
+        self.model = Transformer(spec)
+        self.model.load_canonical(weights)
+        self.model.set_dtype(self.dtype)
+        self.model.eval()
+        mx.eval(self.model.parameters())
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, dtype: str = "float32") -> "InferenceModel":
+        resolve_dtype(dtype)
+        checkpoint = load_checkpoint(path)
+        return cls(checkpoint.spec, checkpoint.weights, checkpoint.tokenizer, checkpoint.method, dtype)
+
+    def _forward(self, tokens: np.ndarray) -> np.ndarray:
+        logits = self.model(mx.array(tokens.astype(np.int32)))
+        return np.array(logits.astype(mx.float32))
+
+    def _new_cache(self, max_length: int) -> KVCache:
+        return KVCache(self.spec, max_length, 1, self.dtype)
+
+    def _step(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
+        logits = self.model(mx.array([[int(t) for t in tokens]], dtype=mx.int32), cache)[0, -1]
+        return np.array(logits.astype(mx.float32))
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return self.model.canonical_weights()

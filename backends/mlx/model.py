@@ -1,0 +1,118 @@
+"""The Llama-style transformer in MLX, mirroring backends/torch/model.py. Module names are the
+canonical (Hugging Face Llama) names, so the flattened parameters are the canonical weight dict."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from pnlm.spec import ModelSpec
+
+
+class KVCache:
+    """Preallocated keys and values of one sequence, for every layer."""
+
+    def __init__(self, spec: ModelSpec, max_length: int, batch: int, dtype) -> None:
+        shape = (batch, spec.n_kv_heads, max_length, spec.head_dim)
+        self.keys = [mx.zeros(shape, dtype=dtype) for _ in range(spec.n_layers)]
+        self.values = [mx.zeros(shape, dtype=dtype) for _ in range(spec.n_layers)]
+        self.offset = 0
+
+    def update(self, layer: int, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        end = self.offset + k.shape[2]
+        self.keys[layer][:, :, self.offset:end] = k
+        self.values[layer][:, :, self.offset:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        self.rope_theta = spec.rope_theta
+        self.scale = 1.0 / math.sqrt(spec.head_dim)
+        d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv, bias=False)
+        self.v_proj = nn.Linear(d, kv, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def __call__(self, x: mx.array, cache: KVCache | None, layer: int) -> mx.array:
+        batch, length, _ = x.shape
+        offset = cache.offset if cache is not None else 0
+        q = self.q_proj(x).reshape(batch, length, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # "causal" aligns the last query with the last key, which is what a cache offset needs.
+        mask = "causal" if length > 1 else None
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
+        self.up_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
+        self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
+        self.self_attn = Attention(spec)
+        self.post_attention_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
+        self.mlp = MLP(spec)
+
+    def __call__(self, x: mx.array, cache: KVCache | None, layer: int) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TransformerBody(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.layers = [TransformerBlock(spec) for _ in range(spec.n_layers)]
+        self.norm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
+
+    def __call__(self, tokens: mx.array, cache: KVCache | None = None) -> mx.array:
+        x = self.embed_tokens(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache, i)
+        if cache is not None:
+            cache.offset += tokens.shape[1]
+        return self.norm(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = TransformerBody(spec)
+        if not spec.tied_embeddings:
+            self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+
+    def __call__(self, tokens: mx.array, cache: KVCache | None = None) -> mx.array:
+        hidden = self.model(tokens, cache)
+        if self.spec.tied_embeddings:
+            return self.model.embed_tokens.as_linear(hidden)
+        return self.lm_head(hidden)
+
+    def load_canonical(self, weights: dict[str, np.ndarray]) -> None:
+        self.load_weights([(name, mx.array(array)) for name, array in weights.items()], strict=True)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return {name: np.array(value.astype(mx.float32)) for name, value in tree_flatten(self.parameters())}

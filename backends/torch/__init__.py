@@ -1,0 +1,1 @@
+"""PyTorch backend: CPU (`torch`) and NVIDIA GPUs (`cuda`)."""

@@ -1,0 +1,155 @@
+"""The Llama-style transformer in PyTorch. Module names are the canonical (Hugging Face Llama) names,
+so `state_dict()` is the canonical weight dict."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pnlm.spec import ModelSpec
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE: cos and sin tables for every position of the context."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        dims = spec.head_dim
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
+        angles = torch.outer(torch.arange(spec.context, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        length = x.shape[-2]
+        cos = self.cos[offset:offset + length].to(x.dtype)
+        sin = self.sin[offset:offset + length].to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys and values of one sequence, for every layer."""
+
+    def __init__(self, spec: ModelSpec, max_length: int, batch: int, device, dtype) -> None:
+        shape = (batch, spec.n_kv_heads, max_length, spec.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(spec.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(spec.n_layers)]
+        self.offset = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.offset + k.shape[2]
+        self.keys[layer][:, :, self.offset:end] = k
+        self.values[layer][:, :, self.offset:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv, bias=False)
+        self.v_proj = nn.Linear(d, kv, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cache: KVCache | None, layer: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        offset = cache.offset if cache is not None else 0
+        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rope(q, offset), rope(k, offset)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if self.n_kv_heads != self.n_heads:
+            repeat = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        if offset == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=length > 1)
+        else:
+            # Queries sit at positions offset.. offset+length-1 and see every key up to their own.
+            positions = torch.arange(offset, offset + length, device=x.device)[:, None]
+            mask = positions >= torch.arange(k.shape[2], device=x.device)[None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
+        self.up_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
+        self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.d_model, spec.norm_eps)
+        self.self_attn = Attention(spec)
+        self.post_attention_layernorm = RMSNorm(spec.d_model, spec.norm_eps)
+        self.mlp = MLP(spec)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TransformerBody(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.layers = nn.ModuleList(TransformerBlock(spec) for _ in range(spec.n_layers))
+        self.norm = RMSNorm(spec.d_model, spec.norm_eps)
+        self.rope = RotaryEmbedding(spec)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = self.embed_tokens(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.rope, cache, i)
+        if cache is not None:
+            cache.offset += tokens.shape[1]
+        return self.norm(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = TransformerBody(spec)
+        if not spec.tied_embeddings:
+            self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        hidden = self.model(tokens, cache)
+        if self.spec.tied_embeddings:
+            return F.linear(hidden, self.model.embed_tokens.weight)
+        return self.lm_head(hidden)
+
+    def load_canonical(self, weights: dict[str, np.ndarray]) -> None:
+        state = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in weights.items()}
+        self.load_state_dict(state, strict=True)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return {name: tensor.detach().float().cpu().numpy().copy() for name, tensor in self.state_dict().items()}

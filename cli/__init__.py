@@ -1,0 +1,1 @@
+"""The `pnlm` command line (typer + rich)."""

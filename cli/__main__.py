@@ -1,0 +1,3 @@
+from pnlm.cli.app import main
+
+main()

@@ -1,0 +1,147 @@
+"""Checkpoint folders: config.json, model.safetensors, tokenizer.model, manifest.json.
+
+A save writes everything into a hidden temporary folder beside the target, writes the
+manifest (sha256 of every file) last, and renames the folder into place: a save killed
+at any point leaves either the previous checkpoint or none, never a folder that loads.
+A load refuses a folder without a manifest, checks every file's hash, and validates the
+spec before any tensor is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pnlm.errors import CheckpointError, PnlmError
+from pnlm.spec import ModelSpec
+from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, file_sha256, load_tokenizer
+from pnlm.weights import check_shapes, load_safetensors, save_safetensors
+
+FORMAT = "pnlm-checkpoint"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+MAX_JSON_BYTES = 1 << 20
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    weights: dict[str, np.ndarray]
+    tokenizer: Tokenizer
+    method: str = "slm"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], tokenizer: Tokenizer,
+                    method: str = "slm", extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically; an existing folder at path is replaced only once the new one is complete."""
+    path = Path(path)
+    spec.validate()
+    if tokenizer.vocab_size != spec.vocab_size:
+        raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} pieces, the spec {spec.vocab_size}")
+    check_shapes({name: tuple(array.shape) for name, array in weights.items()}, spec, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        config = {"format": FORMAT, "version": VERSION, "method": method, "spec": spec.to_dict(),
+                  "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256}, **(extra or {})}
+        _write_json(tmp / CONFIG_FILE, config)
+        save_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        shutil.copyfile(tokenizer.path, tmp / TOKENIZER_FILE)
+        files = {name: file_sha256(tmp / name) for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)}
+        if files[TOKENIZER_FILE] != tokenizer.sha256:
+            raise CheckpointError(f"{tokenizer.path}: changed on disk while saving")
+        _write_json(tmp / MANIFEST_FILE, {"format": FORMAT, "version": VERSION, "sha256": files})
+        _fsync_dir(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; not a complete pnlm checkpoint")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """Check the manifest's sha256 of every file; return the parsed config.json."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    manifest = _read_json(path / MANIFEST_FILE)
+    hashes = manifest.get("sha256")
+    if manifest.get("format") != FORMAT or not isinstance(hashes, dict) or set(hashes) != {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE}:
+        raise CheckpointError(f"{path / MANIFEST_FILE}: not a pnlm manifest (format {FORMAT!r} with the sha256 of "
+                              f"{CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE})")
+    for name, expected in hashes.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
+        if file_sha256(file) != expected:
+            raise CheckpointError(f"{file}: sha256 does not match the manifest; the file is corrupted or was changed")
+    return _read_json(path / CONFIG_FILE)
+
+
+def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
+    path = Path(path)
+    config = verify_checkpoint(path) if config is None else config
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise CheckpointError(f"{path / CONFIG_FILE}: expected format {FORMAT!r} version {VERSION}")
+    try:
+        return ModelSpec.from_dict(config.get("spec"), source=str(path / CONFIG_FILE))
+    except PnlmError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Verify and load a checkpoint into numpy weights; nothing is allocated before the spec and header pass."""
+    path = Path(path)
+    config = verify_checkpoint(path)
+    spec = read_spec(path, config)
+    tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+    if tokenizer.vocab_size != spec.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
+    weights = load_safetensors(path / WEIGHTS_FILE, spec)
+    extra = {k: v for k, v in config.items() if k not in {"format", "version", "method", "spec", "tokenizer"}}
+    return Checkpoint(spec, weights, tokenizer, str(config.get("method", "slm")), extra)

@@ -1,0 +1,118 @@
+"""What `pnlm.load` returns: a model with `.logits(tokens)` and `.generate(prompt)`, whatever the backend.
+
+The generation loop is written once here; a backend supplies a forward pass over a KV cache.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pnlm.errors import PnlmError
+from pnlm.sampling import Sampler, SamplingConfig
+from pnlm.spec import ModelSpec
+from pnlm.tokenizer import Tokenizer
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prompt_s: float = 0.0
+    generate_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.generate_s if self.generate_s > 0 else 0.0
+
+
+class InferenceModel(abc.ABC):
+    backend: str
+
+    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str = "slm") -> None:
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.method = method
+        self.last_stats = GenerationStats()
+
+    # What a backend provides.
+    @abc.abstractmethod
+    def _forward(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits (batch, time, vocab) as float32 numpy for int tokens (batch, time), no cache."""
+
+    @abc.abstractmethod
+    def _new_cache(self, max_length: int) -> object:
+        """An empty KV cache for one sequence of up to max_length tokens."""
+
+    @abc.abstractmethod
+    def _step(self, tokens: Sequence[int], cache: object) -> np.ndarray:
+        """Append tokens to the cache and return the last position's logits (vocab,) as numpy."""
+
+    @abc.abstractmethod
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """The weights under their canonical names, as float32 numpy."""
+
+    # The shared API.
+    def logits(self, tokens) -> np.ndarray:
+        """Next-token logits for every position: (time, vocab) for one sequence, (batch, time, vocab) for a batch."""
+        array = np.asarray(tokens)
+        if array.ndim not in (1, 2) or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+            raise PnlmError("tokens must be a non-empty sequence of ints, or a batch of equal-length sequences")
+        self._check_ids(array)
+        if array.shape[-1] > self.spec.context:
+            raise PnlmError(f"{array.shape[-1]} tokens exceed the model's context of {self.spec.context}")
+        batch = array.reshape(-1, array.shape[-1]).astype(np.int64)
+        out = self._forward(batch)
+        return out[0] if array.ndim == 1 else out
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.spec.vocab_size):
+            raise PnlmError(f"token ids must be in [0, {self.spec.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+
+    def generate_ids(self, prompt_ids: Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+                     top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+        """Yield new token ids one by one, with a KV cache; greedy when temperature is 0."""
+        prompt_ids = [int(i) for i in prompt_ids]
+        if not prompt_ids:
+            raise PnlmError("the prompt is empty: give at least one token")
+        self._check_ids(np.asarray(prompt_ids))
+        if max_tokens < 0:
+            raise PnlmError(f"max_tokens must be >= 0, got {max_tokens}")
+        total = len(prompt_ids) + max_tokens
+        if total > self.spec.context:
+            raise PnlmError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                            f"context of {self.spec.context}")
+        sampler = Sampler(SamplingConfig(temperature, top_p, seed))
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        if max_tokens == 0:
+            return
+        cache = self._new_cache(total)
+        start = time.perf_counter()
+        logits = self._step(prompt_ids, cache)
+        stats.prompt_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for n in range(max_tokens):
+            token = sampler(logits)
+            stats.generated_tokens += 1
+            stats.generate_s = time.perf_counter() - start
+            yield token
+            if (stop_at_eos and token == self.tokenizer.eos_id) or n == max_tokens - 1:
+                return
+            logits = self._step([token], cache)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None) -> str:
+        """The completion of a text prompt (or of token ids) as text."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        new = list(self.generate_ids(ids, max_tokens, temperature, top_p, seed))
+        return self.tokenizer.decode(new)
+
+    def save(self, path: str | Path, method: str | None = None) -> Path:
+        from pnlm.checkpoint import save_checkpoint
+
+        return save_checkpoint(path, self.spec, self.canonical_weights(), self.tokenizer, method or self.method)

@@ -1,0 +1,211 @@
+"""Backend-agnostic model description: shapes, named presets, TOML specs, parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pnlm.errors import SpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Bounds that make a hostile or mistyped config fail before anything is allocated.
+MAX_VOCAB = 1 << 21
+MAX_DIM = 1 << 16
+MAX_LAYERS = 512
+MAX_HEADS = 1024
+MAX_CONTEXT = 1 << 20
+MAX_EXPERTS = 1 << 16
+MAX_PARAMS = 200_000_000_000
+MAX_SPEC_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Projected MLP weights W(l,i) = sum_q E[i,q] sum_r M(l)[q,r] T(l)[r] (DESIGN.md).
+
+    h: basis tensors per projected matrix, k: experts (clusters), m: width of the expert embedding E.
+    """
+
+    h: int
+    k: int
+    m: int
+
+    def validate(self) -> None:
+        for name in ("h", "k", "m"):
+            _check_int(f"projection.{name}", getattr(self, name), 1, MAX_EXPERTS)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shapes of a Llama-style transformer (RMSNorm, SwiGLU, rotate-half RoPE, no biases)."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    context: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tied_embeddings: bool = True
+    projection: Projection | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self) -> "ModelSpec":
+        _check_int("vocab_size", self.vocab_size, 2, MAX_VOCAB)
+        _check_int("d_model", self.d_model, 1, MAX_DIM)
+        _check_int("n_layers", self.n_layers, 1, MAX_LAYERS)
+        _check_int("n_heads", self.n_heads, 1, MAX_HEADS)
+        _check_int("n_kv_heads", self.n_kv_heads, 1, MAX_HEADS)
+        _check_int("d_ff", self.d_ff, 1, MAX_DIM * 8)
+        _check_int("context", self.context, 1, MAX_CONTEXT)
+        if self.d_model % self.n_heads:
+            raise SpecError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.head_dim % 2:
+            raise SpecError(f"head dimension d_model/n_heads = {self.head_dim} must be even for RoPE")
+        if self.n_heads % self.n_kv_heads:
+            raise SpecError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e12:
+                raise SpecError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.tied_embeddings, bool):
+            raise SpecError(f"tied_embeddings must be true or false, got {self.tied_embeddings!r}")
+        if self.projection is not None:
+            self.projection.validate()
+        total = self.params_pretrain()
+        if total > MAX_PARAMS:
+            raise SpecError(f"spec asks for {total:,} parameters, more than the limit of {MAX_PARAMS:,}")
+        return self
+
+    # Parameter counts come from the shapes alone: nothing is allocated.
+    def _attention_params(self) -> int:
+        kv = self.n_kv_heads * self.head_dim
+        return 2 * self.d_model * self.d_model + 2 * self.d_model * kv
+
+    def _mlp_params(self) -> int:
+        return 3 * self.d_model * self.d_ff
+
+    def _projected_mlp_params(self) -> int:
+        p = self.projection
+        assert p is not None
+        return 3 * (p.h * self.d_model * self.d_ff + p.m * p.h)
+
+    def params_inference(self) -> int:
+        """Parameters of the model that runs: for a projected network, one instantiated expert."""
+        per_layer = self._attention_params() + self._mlp_params() + 2 * self.d_model
+        embeddings = self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
+        return self.n_layers * per_layer + embeddings + self.d_model
+
+    def params_pretrain(self) -> int:
+        """Parameters trained during pretraining (all experts' bases, mixes and embeddings for a PN)."""
+        if self.projection is None:
+            return self.params_inference()
+        per_layer = self._attention_params() + self._projected_mlp_params() + 2 * self.d_model
+        embeddings = self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
+        expert_embedding = self.projection.k * self.projection.m
+        return self.n_layers * per_layer + embeddings + self.d_model + expert_embedding
+
+    def with_vocab(self, vocab_size: int) -> "ModelSpec":
+        return dataclasses.replace(self, vocab_size=vocab_size).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "spec") -> "ModelSpec":
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: expected a table of model settings, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SpecError(f"{source}: unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        values = dict(data)
+        projection = values.get("projection")
+        if projection is not None:
+            if not isinstance(projection, dict) or set(projection) != {"h", "k", "m"}:
+                raise SpecError(f"{source}: projection must be a table with exactly h, k and m")
+            values["projection"] = Projection(**projection)
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.name not in values)
+        if missing:
+            raise SpecError(f"{source}: missing model setting(s) {', '.join(missing)}")
+        try:
+            spec = cls(**values)
+            return spec.validate()
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """AdamW with bias correction (both backends), global-norm gradient clipping.
+
+    Defaults are the paper's: Adam, lr 1e-4, clip 5.0. Weight decay, when set, applies to every parameter
+    in both backends, so they stay numerically the same.
+    """
+
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"{name} must be between {low:,} and {high:,}, got {value:,}")
+
+
+# vocab_size in a preset is a default for `pnlm info --model`; init and pretrain take it
+# from the tokenizer or the token store. slm-126m and llm-771m keep the paper's
+# d_model, layers, heads and context; d_ff is chosen for SwiGLU (three matrices) so that
+# the parameter count, with tied embeddings and a 32,000-piece vocabulary, matches the
+# paper's table 1 (126M, 771M).
+PRESETS: dict[str, ModelSpec] = {
+    "tiny": ModelSpec(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
+                      d_ff=352, context=256),
+    "slm-126m": ModelSpec(vocab_size=32000, d_model=1024, n_layers=7, n_heads=8, n_kv_heads=8,
+                          d_ff=2944, context=1024),
+    "llm-771m": ModelSpec(vocab_size=32000, d_model=2816, n_layers=7, n_heads=22, n_kv_heads=22,
+                          d_ff=7744, context=1024),
+}
+
+
+def load_spec(name_or_path: str | Path) -> ModelSpec:
+    """A preset by name, or a TOML file with a [model] table (or the settings at top level)."""
+    key = str(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    path = Path(key)
+    if not path.suffix == ".toml":
+        raise SpecError(f"unknown model {key!r}: expected a preset ({', '.join(PRESETS)}) or a .toml file")
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: spec file larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    table = data.get("model", data)
+    preset = table.pop("preset", None) if isinstance(table, dict) else None
+    if preset is not None:
+        if preset not in PRESETS:
+            raise SpecError(f"{path}: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        table = {**dataclasses.asdict(PRESETS[preset]), **table}
+    return ModelSpec.from_dict(table, source=str(path))

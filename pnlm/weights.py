@@ -1,0 +1,154 @@
+"""Canonical tensor names and shapes (Hugging Face Llama layout), safetensors I/O, random init.
+
+Weights travel between backends as a dict of float32 numpy arrays keyed by canonical name.
+The safetensors reader checks the header against the file and the spec before it reads a
+single tensor, so a file that lies about shapes or offsets is refused without allocating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from pnlm.errors import CheckpointError
+from pnlm.spec import ModelSpec
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
+
+
+def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a plain (non-projected) model, by canonical name, with its shape."""
+    d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, d)}
+    for i in range(spec.n_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (d,)
+        shapes[p + "self_attn.q_proj.weight"] = (d, d)
+        shapes[p + "self_attn.k_proj.weight"] = (kv, d)
+        shapes[p + "self_attn.v_proj.weight"] = (kv, d)
+        shapes[p + "self_attn.o_proj.weight"] = (d, d)
+        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        shapes[p + "mlp.gate_proj.weight"] = (spec.d_ff, d)
+        shapes[p + "mlp.up_proj.weight"] = (spec.d_ff, d)
+        shapes[p + "mlp.down_proj.weight"] = (d, spec.d_ff)
+    shapes["model.norm.weight"] = (d,)
+    if not spec.tied_embeddings:
+        shapes["lm_head.weight"] = (spec.vocab_size, d)
+    return shapes
+
+
+def init_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights in numpy, so a seed gives the same model whichever backend runs it.
+
+    Normal(0, 0.02) everywhere, norms at one, and the projections that write into the
+    residual stream (o_proj, down_proj) scaled by 1/sqrt(2 * layers), as in GPT-2.
+    """
+    rng = np.random.default_rng(seed)
+    residual_std = 0.02 / np.sqrt(2 * spec.n_layers)
+    weights = {}
+    for name, shape in canonical_shapes(spec).items():
+        if name.endswith("norm.weight"):
+            weights[name] = np.ones(shape, dtype=np.float32)
+        else:
+            std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            weights[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+    return weights
+
+
+def check_shapes(shapes: dict[str, tuple[int, ...]], spec: ModelSpec, source: str) -> None:
+    """Same names and shapes as the spec asks for, or a CheckpointError naming the difference."""
+    expected = canonical_shapes(spec)
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+        raise CheckpointError(f"{source}: tensors do not match the spec: {'; '.join(parts)}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise CheckpointError(f"{source}: {name} has shape {tuple(shapes[name])}, the spec needs {shape}")
+
+
+def save_safetensors(weights: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write float32 tensors in the safetensors layout, fsynced (the caller renames it into place)."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    arrays = []
+    for name in sorted(weights):
+        array = np.ascontiguousarray(weights[name], dtype=np.float32)
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        arrays.append(array)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for array in arrays:
+            f.write(memoryview(array).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
+    """The tensor table of a safetensors file and where its data starts, checked against the file size."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path}: too short for a safetensors file ({size} bytes)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise CheckpointError(f"{path}: safetensors header claims {length} bytes, the file has {size}")
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a table")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + length, size - 8 - length
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name}: dtype must be one of {', '.join(_DTYPES)}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if (not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)):
+            raise CheckpointError(f"{path}: tensor {name}: malformed shape or data_offsets")
+        begin, end = offsets
+        itemsize = _DTYPES[entry["dtype"]][1]
+        if not 0 <= begin <= end <= data_size or end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize:
+            raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets} do not fit shape {shape} "
+                                  f"and the {data_size} bytes of data")
+    return header, data_start
+
+
+def load_safetensors(path: str | Path, spec: ModelSpec | None = None) -> dict[str, np.ndarray]:
+    """float32 numpy arrays by name; with a spec, names and shapes are checked before any read."""
+    path = Path(path)
+    header, data_start = read_safetensors_header(path)
+    if spec is not None:
+        check_shapes({name: tuple(entry["shape"]) for name, entry in header.items()}, spec, str(path))
+    weights = {}
+    with open(path, "rb") as f:
+        for name, entry in header.items():
+            dtype, _ = _DTYPES[entry["dtype"]]
+            begin, end = entry["data_offsets"]
+            f.seek(data_start + begin)
+            array = np.fromfile(f, dtype=dtype, count=(end - begin) // dtype().itemsize).reshape(entry["shape"])
+            if entry["dtype"] == "BF16":
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            weights[name] = array.astype(np.float32, copy=False)
+    return weights

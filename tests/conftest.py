@@ -1,0 +1,38 @@
+import os
+
+# One thread each: the suite runs on 2 shared cores, where MKL under MLX collapses if another
+# process holds a core. Set before torch or MLX start their thread pools.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pnlm.backends.mlx  # noqa: E402,F401  (loads the optimized BLAS before anything imports mlx.core)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pnlm.checkpoint import save_checkpoint  # noqa: E402
+from pnlm.data import iter_documents  # noqa: E402
+from pnlm.spec import PRESETS  # noqa: E402
+from pnlm.tokenizer import train_tokenizer  # noqa: E402
+from pnlm.weights import init_weights  # noqa: E402
+
+torch.set_num_threads(1)
+
+SAMPLE_DATA = sorted((os.path.join(os.path.dirname(pnlm.__file__), "sample_data", name)
+                      for name in os.listdir(os.path.join(os.path.dirname(pnlm.__file__), "sample_data"))
+                      if name.endswith(".jsonl.gz")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    return train_tokenizer(iter_documents(SAMPLE_DATA), 512, tmp_path_factory.mktemp("tok") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tokenizer):
+    return PRESETS["tiny"].with_vocab(tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tokenizer, tiny_spec):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    return save_checkpoint(path, tiny_spec, init_weights(tiny_spec, seed=0), tokenizer)

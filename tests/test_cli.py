@@ -1,0 +1,60 @@
+"""The command line as a user runs it: real processes, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SAMPLE_DATA
+
+
+def pnlm_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pnlm.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_tokenizer_init_info_generate(tmp_path):
+    result = pnlm_cli("data", "tokenizer", *SAMPLE_DATA, "--vocab-size", 384, "--out", tmp_path / "tok", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["vocab_size"] == 384
+    result = pnlm_cli("init", "--model", "tiny", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "ckpt", "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(pnlm_cli("info", tmp_path / "ckpt", "--json").stdout)
+    assert info["spec"]["vocab_size"] == 384 and info["method"] == "slm"
+    assert info["params_inference"] == info["params_pretrain"] > 0
+    outputs = {}
+    for backend in ("torch", "mlx"):
+        result = pnlm_cli("generate", tmp_path / "ckpt", "--prompt", "It is a truth", "--max-tokens", 12,
+                          "--backend", backend, "--json")
+        assert result.returncode == 0, result.stderr
+        outputs[backend] = json.loads(result.stdout)
+        assert outputs[backend]["generated_tokens"] == len(outputs[backend]["tokens"]) <= 12
+    assert outputs["torch"]["tokens"] == outputs["mlx"]["tokens"]
+    streamed = pnlm_cli("generate", tmp_path / "ckpt", "--prompt", "It is a truth", "--max-tokens", 12, "--backend", "torch")
+    assert streamed.returncode == 0 and streamed.stdout.rstrip("\n") == outputs["torch"]["text"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["info", "/nonexistent/ckpt"], "no such checkpoint folder"),
+    (["info", "--model", "nope"], "unknown model 'nope'"),
+    (["init", "--model", "tiny", "--tokenizer", "/nonexistent", "--out", "/tmp/x"], "no such tokenizer file"),
+    (["data", "tokenizer", "/nonexistent.jsonl", "--vocab-size", "100", "--out", "/tmp/x"], "no such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragment):
+    result = pnlm_cli(*args)
+    assert result.returncode == 2
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_generate_options(tiny_checkpoint):
+    result = pnlm_cli("generate", tiny_checkpoint, "--prompt", "a", "--backend", "torch", "--top-p", "0")
+    assert result.returncode == 2 and "top_p" in result.stderr
+    result = pnlm_cli("generate", tiny_checkpoint, "--prompt", "a", "--backend", "cuda")
+    assert result.returncode == 2 and "cuda" in result.stderr
+
+
+def test_help_for_every_command():
+    for args in ([], ["data"], ["data", "tokenizer"], ["init"], ["info"], ["generate"]):
+        result = pnlm_cli(*args, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout
