@@ -8,8 +8,9 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
+from pnlm.backends.mlx.cpu_ops import masked_softmax, on_cpu, silu
 from pnlm.spec import ModelSpec
 
 
@@ -27,6 +28,9 @@ class KVCache:
         self.keys[layer][:, :, self.offset:end] = k
         self.values[layer][:, :, self.offset:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+QUERY_BLOCK = 128  # queries per block of causal attention on the CPU
 
 
 class Attention(nn.Module):
@@ -51,10 +55,35 @@ class Attention(nn.Module):
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        # "causal" aligns the last query with the last key, which is what a cache offset needs.
-        mask = "causal" if length > 1 else None
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if on_cpu():
+            out = self._attend(q, k, v)
+        else:
+            # "causal" aligns the last query with the last key, which is what a cache offset needs.
+            mask = "causal" if length > 1 else None
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+    def _attend(self, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+        """Causal attention of q (batch, heads, length, head_dim) over keys and values whose last
+        `length` positions are the queries'."""
+        batch, _, length, _ = q.shape
+        offset = k.shape[2] - length
+        repeat = self.n_heads // self.n_kv_heads
+        # Each key/value head serves `repeat` query heads: group those instead of repeating k and v.
+        q = (q * self.scale).reshape(batch, self.n_kv_heads, repeat, length, self.head_dim)
+        out = []
+        # Blocks of queries see only the keys up to their last position, so the masked scores computed
+        # shrink from half to 1/(2 * blocks). Each block costs a BLAS call per batch row and head, though.
+        for start in range(0, length, QUERY_BLOCK):
+            stop = min(start + QUERY_BLOCK, length)
+            rows, keys = repeat * (stop - start), offset + stop
+            block = q[:, :, :, start:stop].reshape(batch, self.n_kv_heads, rows, self.head_dim)
+            scores = (block @ k[:, :, :keys].swapaxes(-1, -2)).reshape(batch, self.n_kv_heads, repeat, -1, keys)
+            mask = mx.arange(offset + start, offset + stop)[:, None] >= mx.arange(keys)
+            probs = masked_softmax(scores, mask).reshape(batch, self.n_kv_heads, rows, keys)
+            out.append((probs @ v[:, :, :keys]).reshape(batch, self.n_kv_heads, repeat, -1, self.head_dim))
+        out = mx.concatenate(out, axis=3) if len(out) > 1 else out[0]
+        return out.reshape(batch, self.n_heads, length, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -65,7 +94,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class TransformerBlock(nn.Module):

@@ -9,6 +9,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
+from pnlm.backends.mlx.cpu_ops import cross_entropy
 from pnlm.backends.mlx.model import Transformer
 from pnlm.spec import OptimizerSpec
 
@@ -24,7 +25,7 @@ class TrainStep:
 
         def loss_fn(model: Transformer, inputs: mx.array, targets: mx.array) -> mx.array:
             logits = model(inputs).astype(mx.float32)
-            return nn.losses.cross_entropy(logits, targets, reduction="mean")
+            return cross_entropy(logits, targets)
 
         value_and_grad = nn.value_and_grad(model, loss_fn)
 
