@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from pnlm.cli import data, generate, info, init
 from pnlm.cli.console import console
@@ -19,21 +20,9 @@ app.command("generate")(generate.generate)
 
 
 def main() -> None:
-    """Run the app; a user error becomes one line on stderr and exit status 2."""
+    """Run the app; a user error becomes one line on stderr and exit status 2 (usage errors are typer's, also 2)."""
     try:
-        app(standalone_mode=False)
+        app()
     except PnlmError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

@@ -1,7 +1,7 @@
 """Checkpoint folders: config.json, model.safetensors, tokenizer.model, manifest.json.
 
-A save writes everything into a hidden temporary folder beside the target, writes the
-manifest (sha256 of every file) last, and renames the folder into place: a save killed
+A save writes everything into a hidden temporary folder beside the target (pnlm.atomic),
+the manifest (sha256 of every file) last, and renames the folder into place: a save killed
 at any point leaves either the previous checkpoint or none, never a folder that loads.
 A load refuses a folder without a manifest, checks every file's hash, and validates the
 spec before any tensor is read.
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pnlm.atomic import atomic_dir
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, file_sha256, load_tokenizer
@@ -41,14 +41,6 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(data, indent=2) + "\n")
@@ -64,9 +56,7 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.nda
     if tokenizer.vocab_size != spec.vocab_size:
         raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} pieces, the spec {spec.vocab_size}")
     check_shapes({name: tuple(array.shape) for name, array in weights.items()}, spec, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         config = {"format": FORMAT, "version": VERSION, "method": method, "spec": spec.to_dict(),
                   "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256}, **(extra or {})}
         _write_json(tmp / CONFIG_FILE, config)
@@ -76,17 +66,6 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.nda
         if files[TOKENIZER_FILE] != tokenizer.sha256:
             raise CheckpointError(f"{tokenizer.path}: changed on disk while saving")
         _write_json(tmp / MANIFEST_FILE, {"format": FORMAT, "version": VERSION, "sha256": files})
-        _fsync_dir(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

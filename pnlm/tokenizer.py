@@ -10,14 +10,13 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 
+from pnlm.atomic import atomic_dir
 from pnlm.errors import TokenizerError
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -90,9 +89,7 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str | Pa
     if not 16 <= vocab_size <= 1 << 21:
         raise TokenizerError(f"vocab size must be between 16 and {1 << 21}, got {vocab_size}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         max_chars = 4096
         model = io.BytesIO()
         # The model file embeds its trainer settings: write it through model_writer so no temporary
@@ -124,9 +121,4 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str | Pa
         info = {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "model_type": "bpe",
                 "byte_fallback": True, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(out_dir)
