@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pnlm.errors import CheckpointError
+from pnlm.errors import CheckpointError, SpecError
 from pnlm.spec import ModelSpec
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -23,6 +23,9 @@ _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2
 
 def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of a plain (non-projected) model, by canonical name, with its shape."""
+    if spec.projection is not None:
+        raise SpecError("this version of pnlm cannot yet build projected networks (a spec with [projection]): "
+                        "use a spec without it")
     d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, d)}
     for i in range(spec.n_layers):
