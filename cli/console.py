@@ -30,3 +30,26 @@ def track(items: Iterable[T], description: str, total: int | None = None, unit: 
             yield item
             elapsed = time.perf_counter() - start
             bar.update(task, completed=n, rate=f"{n / elapsed:,.0f} {unit}/s" if elapsed > 0 else "")
+
+
+class RateCounter:
+    """A progress line for work whose total is unknown: a running count and its rate."""
+
+    def __init__(self, description: str, unit: str) -> None:
+        self.unit = unit
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                 TextColumn("[cyan]{task.fields[status]}"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(description, total=None, status="")
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> "RateCounter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, count: int, extra: str = "") -> None:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        status = f"{count:,} {self.unit} ({count / elapsed:,.0f} {self.unit}/s){extra}"
+        self.progress.update(self.task, status=status)

@@ -1,0 +1,159 @@
+"""Tokenize a corpus in parallel into a token store (see store.py), splitting documents by a stable hash.
+
+Documents stream from the readers in chunks; worker processes tokenize the chunks in order; the
+main process appends each document's tokens to its split's file and records its windows. Memory
+stays bounded by a few chunks whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pnlm.atomic import atomic_dir
+from pnlm.data.store import FORMAT, META_FILE, SPLITS, VERSION, TokenStore, token_dtype, window_bounds
+from pnlm.errors import InputError
+from pnlm.tokenizer import Tokenizer, load_tokenizer
+
+CHUNK_DOCUMENTS = 64
+
+
+def split_of(text: str, valid_fraction: float, test_fraction: float) -> str:
+    """train, valid or test, from the document's sha1: the same document lands in the same split on every run."""
+    position = int.from_bytes(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2.0**64
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+@dataclass
+class PrepareStats:
+    documents: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    tokens: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    windows: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    empty_documents: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens.values())
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_path: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(tokenizer_path)
+
+
+def _encode_chunk(texts: list[str], valid_fraction: float, test_fraction: float) -> list[tuple[str, np.ndarray]]:
+    """(split, [BOS] + ids + [EOS]) for each document, in order."""
+    assert _worker_tokenizer is not None
+    ids = _worker_tokenizer.processor.encode(texts)
+    bos, eos = _worker_tokenizer.bos_id, _worker_tokenizer.eos_id
+    return [(split_of(text, valid_fraction, test_fraction), np.array([bos, *doc, eos], dtype=np.uint32))
+            for text, doc in zip(texts, ids)]
+
+
+def _chunks(documents: Iterable[str], stats: PrepareStats) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for text in documents:
+        if not text.strip():
+            stats.empty_documents += 1
+            continue
+        chunk.append(text)
+        if len(chunk) == CHUNK_DOCUMENTS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _SplitWriter:
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, context: int) -> None:
+        self.folder, self.split, self.dtype, self.context = folder, split, dtype, context
+        self.file = open(folder / f"{split}.tokens", "wb")
+        # Windows go to a raw file as they come, so memory does not grow with the corpus.
+        self.windows_file = open(folder / f".{split}.windows.raw", "wb")
+        self.count = 0
+        self.offset = 0
+
+    def add(self, tokens: np.ndarray) -> int:
+        self.file.write(tokens.astype(self.dtype, copy=False).tobytes())
+        bounds = np.array(window_bounds(len(tokens), self.context), dtype=np.int64).reshape(-1, 2)
+        bounds[:, 0] += self.offset
+        self.windows_file.write(bounds.tobytes())
+        self.offset += len(tokens)
+        self.count += len(bounds)
+        return len(bounds)
+
+    def close(self) -> None:
+        for f in (self.file, self.windows_file):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        raw = self.folder / f".{self.split}.windows.raw"
+        index = np.lib.format.open_memmap(self.folder / f"{self.split}.windows.npy", mode="w+", dtype=np.int64,
+                                          shape=(self.count, 2))
+        if self.count:
+            index[:] = np.memmap(raw, dtype=np.int64, mode="r").reshape(-1, 2)
+        index.flush()
+        del index
+        raw.unlink()
+
+
+def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Path, context: int,
+                  valid_fraction: float = 0.05, test_fraction: float = 0.05, workers: int | None = None,
+                  sources: list[str] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> tuple[TokenStore, PrepareStats]:
+    """Tokenize documents into a new token store at out (written atomically); on_progress(documents, tokens)."""
+    if not 2 <= context <= 1 << 20:
+        raise InputError(f"context must be between 2 and {1 << 20}, got {context}")
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise InputError("valid and test fractions must be in [0, 1) and leave some documents for train")
+    workers = max(1, workers or os.cpu_count() or 1)
+    dtype = token_dtype(tokenizer.vocab_size)
+    stats = PrepareStats()
+    start = time.perf_counter()
+    with atomic_dir(out) as folder:
+        writers = {split: _SplitWriter(folder, split, dtype, context) for split in SPLITS}
+        chunks = _chunks(documents, stats)
+        encode = functools.partial(_encode_chunk, valid_fraction=valid_fraction, test_fraction=test_fraction)
+        # imap keeps the order of documents and reads ahead only as fast as the workers consume.
+        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer.path),)) as pool:
+            for encoded in pool.imap(encode, chunks, chunksize=1):
+                for split, tokens in encoded:
+                    stats.documents[split] += 1
+                    stats.tokens[split] += len(tokens)
+                    stats.windows[split] += writers[split].add(tokens)
+                if on_progress:
+                    on_progress(sum(stats.documents.values()), stats.total_tokens)
+        for writer in writers.values():
+            writer.close()
+        if not sum(stats.documents.values()):
+            raise InputError(f"no documents to prepare ({stats.empty_documents} empty ones skipped)")
+        stats.seconds = time.perf_counter() - start
+        meta = {
+            "format": FORMAT, "version": VERSION, "tokenizer_sha256": tokenizer.sha256,
+            "vocab_size": tokenizer.vocab_size, "context": context, "dtype": dtype.name,
+            "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
+            "splits": {s: {"documents": stats.documents[s], "tokens": stats.tokens[s], "windows": stats.windows[s]}
+                       for s in SPLITS},
+            "fractions": {"valid": valid_fraction, "test": test_fraction},
+            "empty_documents_skipped": stats.empty_documents,
+            "sources": sources or [],
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return TokenStore(out), stats

@@ -1,0 +1,108 @@
+"""Token stores: windowing, stable splits, round trip, and never a half-written store."""
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pnlm.data.prepare import prepare_store, split_of
+from pnlm.data.store import TokenStore, token_dtype, window_bounds
+from pnlm.errors import InputError
+
+PROSE = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+         "must be in want of a wife. ")
+
+
+@pytest.mark.parametrize("length, context, expected", [
+    (5, 8, [(0, 5)]),                          # shorter than a window
+    (16, 8, [(0, 8), (8, 8)]),                 # exact multiple
+    (17, 8, [(0, 8), (8, 8)]),                 # one token left over: no prediction in it, dropped
+    (18, 8, [(0, 8), (8, 8), (16, 2)]),
+    (1, 8, []),
+    (8, 8, [(0, 8)]),
+])
+def test_window_bounds(length, context, expected):
+    assert window_bounds(length, context) == expected
+
+
+def test_token_dtype():
+    assert token_dtype(32000) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+def test_split_is_stable_and_close_to_the_fractions():
+    docs = [f"document number {i} " + PROSE * (i % 3) for i in range(4000)]
+    splits = [split_of(d, 0.1, 0.2) for d in docs]
+    assert splits == [split_of(d, 0.1, 0.2) for d in docs]
+    shares = {s: splits.count(s) / len(docs) for s in ("train", "valid", "test")}
+    assert abs(shares["valid"] - 0.1) < 0.02 and abs(shares["test"] - 0.2) < 0.02
+
+
+def test_round_trip_every_document_in_its_windows(tmp_path, tokenizer):
+    docs = [PROSE * n + f"chapter {n}" for n in range(1, 40)] + ["", "   \n"]
+    store, stats = prepare_store(iter(docs), tokenizer, tmp_path / "store", context=32,
+                                 valid_fraction=0.2, test_fraction=0.2, workers=2)
+    assert stats.empty_documents == 2
+    assert sum(stats.documents.values()) == 39
+    rebuilt = {}
+    for split in store.splits:
+        index = store.window_index(split)
+        assert (index[:, 1] <= 32).all() and (index[:, 1] >= 2).all()
+        assert store.num_tokens(split) >= index[:, 1].sum()
+        tokens = np.concatenate([store.window(split, i) for i in range(store.num_windows(split))]) if len(index) else []
+        text = tokenizer.decode([t for t in tokens if t not in (tokenizer.bos_id, tokenizer.eos_id)])
+        rebuilt[split] = text
+        for doc in docs[:39]:
+            if split_of(doc, 0.2, 0.2) == split:
+                assert doc in text
+    reopened = TokenStore(tmp_path / "store")
+    assert reopened.meta == store.meta and reopened.tokenizer_sha256 == tokenizer.sha256
+    assert reopened.context == 32 and reopened.vocab_size == tokenizer.vocab_size
+
+
+def test_batches_pad_and_cover_the_split(tmp_path, tokenizer):
+    docs = [PROSE * (n % 5 + 1) for n in range(30)]
+    store, _ = prepare_store(iter(docs), tokenizer, tmp_path / "store", context=16, valid_fraction=0, test_fraction=0)
+    seen = 0
+    for tokens, lengths in store.iter_batches("train", 7, shuffle=True, seed=1):
+        assert tokens.shape[0] == len(lengths) <= 7 and tokens.dtype == np.int32
+        for row, length in zip(tokens, lengths):
+            assert (row[length:] == 0).all()
+        seen += len(lengths)
+    assert seen == store.num_windows("train")
+
+
+def test_no_documents_is_an_error_and_leaves_nothing(tmp_path, tokenizer):
+    with pytest.raises(InputError, match="no documents"):
+        prepare_store(iter(["", " "]), tokenizer, tmp_path / "store", context=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(InputError, match="not a token store"):
+        TokenStore(tmp_path)
+
+
+def test_prepare_killed_midway_leaves_no_store_and_a_rerun_completes(tmp_path, tokenizer):
+    corpus = tmp_path / "big.jsonl.gz"
+    with gzip.open(corpus, "wt") as f:
+        for i in range(6000):
+            f.write(json.dumps({"text": f"{i} " + PROSE * 30}) + "\n")
+    args = [sys.executable, "-m", "pnlm.cli", "data", "prepare", str(corpus), "--tokenizer", str(tokenizer.path.parent),
+            "--context", "64", "--out", str(tmp_path / "store"), "--workers", "1"]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    assert child.poll() is None, "prepare finished before it could be killed: make the corpus bigger"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "store").exists()
+    with pytest.raises(InputError):
+        TokenStore(tmp_path / "store")
+    result = subprocess.run(args + ["--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    store = TokenStore(tmp_path / "store")
+    assert sum(store.meta["splits"][s]["documents"] for s in store.splits) == 6000
