@@ -23,7 +23,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, unit: 
     """Iterate with a progress bar that shows the count and the rate."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=total, rate="")
         start = time.perf_counter()
         for n, item in enumerate(items, 1):
@@ -38,7 +38,8 @@ class RateCounter:
     def __init__(self, description: str, unit: str) -> None:
         self.unit = unit
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                 TextColumn("[cyan]{task.fields[status]}"), TimeElapsedColumn(), console=console)
+                                 TextColumn("[cyan]{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                                 transient=True)
         self.task = self.progress.add_task(description, total=None, status="")
         self.start = time.perf_counter()
 

@@ -58,3 +58,31 @@ def test_help_for_every_command():
     for args in ([], ["data"], ["data", "tokenizer"], ["init"], ["info"], ["generate"]):
         result = pnlm_cli(*args, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b'{"text": "ok"}\n{"text": "a"\n', "bad.jsonl:2: not valid JSON"),
+    (b'{"text": "ok"}\n{"body": "a"}\n', 'bad.jsonl:2: expected an object with a string field "text"'),
+    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "byte offset 28"),
+    (b"", "no documents"),
+    (b'{"text": ""}\n{"text": "  "}\n', "no documents"),
+])
+def test_prepare_bad_input_is_one_line(tmp_path, tokenizer, content, fragment):
+    (tmp_path / "bad.jsonl").write_bytes(content)
+    result = pnlm_cli("data", "prepare", tmp_path / "bad.jsonl", "--tokenizer", tokenizer.path.parent,
+                      "--context", 32, "--out", tmp_path / "store")
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_prepare_skip_bad_counts(tmp_path, tokenizer):
+    (tmp_path / "mixed.jsonl").write_text('{"text": "good one"}\n{oops\n{"text": ""}\n{"text": "good two"}\n')
+    result = pnlm_cli("data", "prepare", tmp_path / "mixed.jsonl", "--tokenizer", tokenizer.path.parent,
+                      "--context", 32, "--out", tmp_path / "store", "--skip-bad", "--json",
+                      "--valid-fraction", 0, "--test-fraction", 0)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bad_records_skipped"] == 1 and report["empty_documents_skipped"] == 1
+    assert report["splits"]["train"]["documents"] == 2

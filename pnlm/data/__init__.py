@@ -1,5 +1,5 @@
-"""Reading corpora: streaming readers for JSONL and plain text."""
+"""Reading corpora: streaming readers for JSONL, plain text and Parquet."""
 
-from pnlm.data.readers import iter_documents
+from pnlm.data.readers import TXT_MODES, ReadStats, iter_documents
 
-__all__ = ["iter_documents"]
+__all__ = ["TXT_MODES", "ReadStats", "iter_documents"]

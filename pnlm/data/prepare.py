@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pnlm.atomic import atomic_dir
+from pnlm.data.readers import ReadStats
 from pnlm.data.store import FORMAT, META_FILE, SPLITS, VERSION, TokenStore, token_dtype, window_bounds
 from pnlm.errors import InputError
 from pnlm.tokenizer import Tokenizer, load_tokenizer
@@ -116,9 +117,12 @@ class _SplitWriter:
 
 def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Path, context: int,
                   valid_fraction: float = 0.05, test_fraction: float = 0.05, workers: int | None = None,
-                  sources: list[str] | None = None,
+                  sources: list[str] | None = None, read_stats: ReadStats | None = None,
                   on_progress: Callable[[int, int], None] | None = None) -> tuple[TokenStore, PrepareStats]:
-    """Tokenize documents into a new token store at out (written atomically); on_progress(documents, tokens)."""
+    """Tokenize documents into a new token store at out (written atomically); on_progress(documents, tokens).
+
+    read_stats: the readers' counts (empty documents, bad records skipped), recorded in meta.json.
+    """
     if not 2 <= context <= 1 << 20:
         raise InputError(f"context must be between 2 and {1 << 20}, got {context}")
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
@@ -142,6 +146,8 @@ def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Pat
                     on_progress(sum(stats.documents.values()), stats.total_tokens)
         for writer in writers.values():
             writer.close()
+        if read_stats is not None:
+            stats.empty_documents += read_stats.empty
         if not sum(stats.documents.values()):
             raise InputError(f"no documents to prepare ({stats.empty_documents} empty ones skipped)")
         stats.seconds = time.perf_counter() - start
@@ -153,6 +159,7 @@ def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Pat
                        for s in SPLITS},
             "fractions": {"valid": valid_fraction, "test": test_fraction},
             "empty_documents_skipped": stats.empty_documents,
+            "bad_records_skipped": read_stats.bad if read_stats is not None else 0,
             "sources": sources or [],
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

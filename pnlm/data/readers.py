@@ -1,76 +1,308 @@
 """Streaming document readers. A corpus is never held in memory whole.
 
-- `.jsonl` / `.jsonl.gz`: one JSON object a line with a string field `text` (the mlx-lm convention).
-- `.txt` / `.txt.gz`: the whole file is one document.
+- `.jsonl` / `.jsonl.gz`: one JSON object a line with a string field `text` (the mlx-lm convention;
+  `text_field` names another key).
+- `.txt` / `.txt.gz`: the whole file is one document (`txt_mode="file"`), or documents are separated
+  by one or more blank lines (`txt_mode="blank-line"`, read line by line).
+- `.parquet`: a string column `text` (or `text_field`), read one record batch at a time; nulls are
+  empty documents.
+
+Empty or whitespace-only documents are counted in `ReadStats.empty` and not yielded. With `skip_bad`,
+a JSONL line that is not UTF-8, not JSON, or lacks a string text field is counted in `ReadStats.bad`
+and skipped; every other problem (corrupt gzip or Parquet, a missing column, an over-long line, a
+file with no documents) always raises `InputError`, named by file and, where there is one, line.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Literal, NamedTuple
 
 from pnlm.errors import InputError
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+PARQUET_BATCH_ROWS = 1024
+TXT_MODES = ("file", "blank-line")
+TxtMode = Literal["file", "blank-line"]
+
+_BOM = b"\xef\xbb\xbf"
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+@dataclass
+class ReadStats:
+    """What `iter_documents` saw: documents yielded, empty documents dropped, bad records skipped."""
+
+    documents: int = 0
+    empty: int = 0
+    bad: int = 0
+    first_bad: str | None = None  # the first skipped record's message, for a warning that shows one
 
 
-def _read_jsonl(path: Path) -> Iterator[str]:
-    with _open_text(path) as f:
-        line_no = 0
+class _BadRecord(InputError):
+    """A problem confined to one record: skipped and counted under `skip_bad`, raised otherwise."""
+
+
+@dataclass(frozen=True)
+class _Options:
+    text_field: str
+    txt_mode: TxtMode
+    skip_bad: bool
+    stats: ReadStats
+
+    def reject(self, problem: _BadRecord) -> None:
+        if not self.skip_bad:
+            raise problem
+        self.stats.bad += 1
+        if self.stats.first_bad is None:
+            self.stats.first_bad = str(problem)
+
+
+# --- bytes: opening, gzip, UTF-8 -------------------------------------------------------------------
+
+def _is_gz(path: Path) -> bool:
+    return path.name.endswith(".gz")
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    try:
+        return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be opened ({exc.strerror or exc})") from None
+
+
+def _unreadable(path: Path, exc: Exception, after_line: int | None = None) -> InputError:
+    where = f" after line {after_line}" if after_line else ""
+    if _is_gz(path):
+        return InputError(f"{path}: corrupt or truncated gzip data{where} ({exc})")
+    return InputError(f"{path}: cannot be read{where} ({exc})")
+
+
+def _invalid_utf8(path: Path, line_no: int, offset: int, byte: int) -> _BadRecord:
+    of_what = " of the decompressed data" if _is_gz(path) else ""
+    return _BadRecord(f"{path}:{line_no}: invalid UTF-8 byte 0x{byte:02x} at byte offset {offset}{of_what}")
+
+
+class _Line(NamedTuple):
+    path: Path
+    number: int
+    offset: int  # of the line's first byte in the (decompressed) file
+    raw: bytes
+
+    def decode(self) -> str:
+        try:
+            return self.raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _invalid_utf8(self.path, self.number, self.offset + exc.start, self.raw[exc.start]) from None
+
+
+def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
+    """Lines split at b"\\n" (a UTF-8 multi-byte character never contains that byte), so a bad byte
+    can be located exactly. With `limit`, a line is cut after `limit` bytes: the caller checks."""
+    with _open_binary(path) as f:
+        number, offset = 0, 0
         while True:
             try:
-                line = f.readline(MAX_LINE_BYTES + 1)
-            except (UnicodeDecodeError, OSError, EOFError) as exc:
-                raise InputError(f"{path}:{line_no + 1}: cannot be read as UTF-8 text: {exc}") from None
-            if not line:
+                raw = f.readline(limit)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise _unreadable(path, exc, number) from None
+            if not raw:
                 return
-            line_no += 1
-            if len(line) > MAX_LINE_BYTES:
-                raise InputError(f"{path}:{line_no}: line longer than {MAX_LINE_BYTES} characters")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not valid JSON ({exc.msg}); expected {{\"text\": ...}}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise InputError(f"{path}:{line_no}: expected an object with a string field \"text\"")
-            yield record["text"]
+            number += 1
+            skip = len(_BOM) if number == 1 and raw.startswith(_BOM) else 0
+            yield _Line(path, number, offset + skip, raw[skip:])
+            offset += len(raw)
 
 
-def _read_txt(path: Path) -> Iterator[str]:
+def _read_all(path: Path) -> str:
+    with _open_binary(path) as f:
+        try:
+            data = f.read()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _unreadable(path, exc) from None
+    skip = len(_BOM) if data.startswith(_BOM) else 0
     try:
-        with _open_text(path) as f:
-            yield f.read()
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: cannot be read as UTF-8 text: {exc}") from None
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = skip + exc.start
+        raise _invalid_utf8(path, data.count(b"\n", 0, at) + 1, at, data[at]) from None
 
 
-READERS = {".jsonl": _read_jsonl, ".txt": _read_txt}
+# --- formats -----------------------------------------------------------------------------------------
+
+def _some(names: Iterable[str], most: int = 10) -> str:
+    names = list(names)
+    shown = ", ".join(names[:most]) + (f", … ({len(names)} in all)" if len(names) > most else "")
+    return shown or "none"
 
 
-def reader_for(path: Path):
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    for suffix, reader in READERS.items():
-        if name.endswith(suffix):
+def _jsonl_text(line: _Line, field: str) -> str:
+    try:
+        record = json.loads(line.decode())
+    except json.JSONDecodeError as exc:
+        expected = f"{{\"{field}\": ...}}"
+        raise _BadRecord(f"{line.path}:{line.number}: not valid JSON ({exc.msg}); expected {expected}") from None
+    if not isinstance(record, dict):
+        got = f"a JSON {type(record).__name__}"
+    elif field not in record:
+        got = f"no field \"{field}\" (fields: {_some(record)})"
+    elif not isinstance(record[field], str):
+        got = f"\"{field}\" of type {type(record[field]).__name__}"
+    else:
+        return record[field]
+    raise _BadRecord(f"{line.path}:{line.number}: expected an object with a string field \"{field}\", got {got}")
+
+
+def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
+    for line in _lines(path, MAX_LINE_BYTES + 1):
+        if len(line.raw) > MAX_LINE_BYTES:
+            raise InputError(f"{path}:{line.number}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
+        if not line.raw.strip():
+            continue
+        try:
+            text = _jsonl_text(line, opts.text_field)
+        except _BadRecord as problem:
+            opts.reject(problem)
+            continue
+        yield text
+
+
+def _paragraphs(path: Path) -> Iterator[str]:
+    paragraph: list[str] = []
+    for line in _lines(path):
+        text = line.decode()
+        if text.strip():
+            paragraph.append(text)
+        elif paragraph:
+            yield "".join(paragraph).rstrip("\r\n")
+            paragraph = []
+    if paragraph:
+        yield "".join(paragraph).rstrip("\r\n")
+
+
+def _read_txt(path: Path, opts: _Options) -> Iterator[str]:
+    if opts.txt_mode == "blank-line":
+        yield from _paragraphs(path)
+    else:
+        yield _read_all(path)
+
+
+def _pyarrow_parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install 'pnlm[data]'") from None
+    return pq
+
+
+def _is_string_type(dtype) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or is_string_view(dtype)
+
+
+def _check_text_column(path: Path, schema, field: str) -> None:
+    if field not in schema.names:
+        raise InputError(f"{path}: no column \"{field}\"; columns: {_some(schema.names)}")
+    dtype = schema.field(field).type
+    if not _is_string_type(dtype):
+        raise InputError(f"{path}: column \"{field}\" is {dtype}, not a string column")
+
+
+def _read_parquet(path: Path, opts: _Options) -> Iterator[str]:
+    pq = _pyarrow_parquet(path)
+    import pyarrow as pa
+
+    try:
+        parquet_file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+    with parquet_file:
+        _check_text_column(path, parquet_file.schema_arrow, opts.text_field)
+        batches = parquet_file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[opts.text_field])
+        rows = 0
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"{path}: corrupt Parquet data after row {rows} ({exc})") from None
+            if batch is None:
+                return
+            rows += batch.num_rows
+            yield from (text or "" for text in batch.column(0).to_pylist())
+
+
+Reader = Callable[[Path, _Options], Iterator[str]]
+_FORMATS: dict[str, tuple[Reader, bool]] = {  # suffix -> (reader, may be gzipped)
+    ".jsonl": (_read_jsonl, True),
+    ".txt": (_read_txt, True),
+    ".parquet": (_read_parquet, False),
+}
+
+
+def reader_for(path: Path) -> Reader:
+    gz = _is_gz(path)
+    name = path.name[:-3] if gz else path.name
+    for suffix, (reader, compressible) in _FORMATS.items():
+        if name.endswith(suffix) and (compressible or not gz):
             return reader
-    raise InputError(f"{path}: unknown format; expected one of {', '.join(s + '[.gz]' for s in READERS)}")
+    known = ", ".join(suffix + ("[.gz]" if compressible else "") for suffix, (_, compressible) in _FORMATS.items())
+    raise InputError(f"{path}: unknown format; expected one of {known}")
 
 
-def iter_documents(paths: Iterable[str | Path]) -> Iterator[str]:
-    """Documents of every file in turn, as strings. Missing files and unknown formats fail here, before any reading."""
+# --- documents ---------------------------------------------------------------------------------------
+
+def _documents(path: Path, reader: Reader, opts: _Options) -> Iterator[str]:
+    stats = opts.stats
+    empty_before, bad_before, found = stats.empty, stats.bad, 0
+    for text in reader(path, opts):
+        if not text or text.isspace():
+            stats.empty += 1
+            continue
+        found += 1
+        stats.documents += 1
+        yield text
+    if not found:
+        raise _no_documents(path, stats.empty - empty_before, stats.bad - bad_before)
+
+
+def _no_documents(path: Path, empty: int, bad: int) -> InputError:
+    dropped = [f"{n} {what}" for n, what in ((empty, "empty"), (bad, "bad, skipped")) if n]
+    return InputError(f"{path}: no documents" + (f" ({', '.join(dropped)})" if dropped else ""))
+
+
+def iter_documents(
+    paths: Iterable[str | Path],
+    text_field: str = "text",
+    txt_mode: TxtMode = "file",
+    skip_bad: bool = False,
+    stats: ReadStats | None = None,
+) -> Iterator[str]:
+    """Non-empty documents of every file in turn, as strings; `stats`, if given, is updated as they go.
+
+    No files, missing files, unknown formats and a missing pyarrow fail here, before any reading.
+    """
+    if txt_mode not in TXT_MODES:
+        raise ValueError(f"txt_mode must be one of {', '.join(TXT_MODES)}, not {txt_mode!r}")
+    if not text_field:
+        raise ValueError("text_field must be a non-empty string")
     sources = []
     for raw in paths:
         path = Path(raw)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        sources.append((path, reader_for(path)))
-    return (document for path, reader in sources for document in reader(path))
+        reader = reader_for(path)
+        if reader is _read_parquet:
+            _pyarrow_parquet(path)
+        sources.append((path, reader))
+    if not sources:
+        raise InputError("no input files")
+    opts = _Options(text_field, txt_mode, skip_bad, stats if stats is not None else ReadStats())
+    return (document for path, reader in sources for document in _documents(path, reader, opts))
