@@ -7,12 +7,14 @@ import sys
 import typer
 from rich.markup import escape
 
-from pnlm.cli import data, generate, info, init
+from pnlm.cli import cluster, data, generate, info, init
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 
 app = typer.Typer(name="pnlm", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Small specialized language models, planned early (arXiv 2402.01093).")
+data.app.command("cluster")(cluster.cluster)
+data.app.command("assign")(cluster.assign)
 app.add_typer(data.app, name="data")
 app.command("init")(init.init)
 app.command("info")(info.info)
