@@ -106,16 +106,18 @@ def assign(
     clusters: Path = typer.Option(..., "--clusters", help="CLUSTERS folder from `pnlm data cluster`."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP + " Default: the one "
                                           "CLUSTERS was fit with, at the path it recorded."),
-    split: str = typer.Option("test", "--split", help="Split whose histogram is reported (every split is labelled)."),
+    split: str = typer.Option("test", "--split", help="Split to label and report on."),
+    all_splits: bool = typer.Option(False, "--all-splits", help="Label every split (e.g. train, for training on "
+                                    "the domain's clusters); the report is still of --split."),
     embedder: Path | None = typer.Option(None, "--embedder",
                                          help="Where the clusters' embedder is, when not at its recorded path."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Windows embedded at a time."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """Label every window of STORE with its nearest cluster; report a split's histogram, top share and entropy."""
+    """Label STORE's windows with their nearest cluster; report the split's histogram, top share and entropy."""
     with window_progress() as progress:
         report = assign_clusters(store, tokenizer, clusters, split=split, embedder=embedder, batch_size=batch_size,
-                                 on_progress=progress)
+                                 on_progress=progress, all_splits=all_splits)
     if json_out:
         print_json(report)
         return

@@ -12,9 +12,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pnlm.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+from pnlm.checkpoint import load_checkpoint, verify_checkpoint
 from pnlm.errors import CheckpointError
-from pnlm.spec import ModelSpec
 from pnlm.tokenizer import file_sha256
 from pnlm.weights import init_weights
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_DATA
-from pnlm import cluster
+from pnlm.cluster import embed as cluster_embed
+from pnlm.tokenizer import file_sha256
 from pnlm.cluster import (assign_clusters, cluster_histogram, entropy, fit_clusters, histogram_report,
                           importance_weights, load_clusters, top_share, window_texts)
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
-from pnlm.errors import InputError, PnlmError
+from pnlm.errors import InputError
 from pnlm.tokenizer import train_tokenizer
 
 REPORT_KEYS = {"split", "windows", "counts", "histogram", "top_cluster", "top_share", "entropy"}
@@ -129,14 +130,14 @@ def test_fit_writes_clusters_and_labels_every_split(fitted, generic, numeric_clu
 def test_a_new_k_reuses_the_embedding_cache(fitted, generic, tokenizer, tmp_path, monkeypatch):
     store_copy = tmp_path / "generic"
     shutil.copytree(generic.path, store_copy)  # a copy, so the labels of the shared store stay those of k=2
-    cache = sorted((store_copy / cluster.EMBEDDINGS_DIR).rglob("*.npy"))
+    cache = sorted((store_copy / cluster_embed.EMBEDDINGS_DIR).rglob("*.npy"))
     assert [p.stem for p in cache] == sorted(generic.splits)
     mtimes = [p.stat().st_mtime_ns for p in cache]
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("re-embedded windows that were in the cache")
 
-    monkeypatch.setattr(cluster, "_encode", no_embedding)
+    monkeypatch.setattr(cluster_embed, "_encode", no_embedding)
     result = fit_clusters(store_copy, tokenizer, 3, tmp_path / "clusters3", max_fit_windows=50)
     assert result.cached_splits == generic.splits and result.clusters.k == 3
     assert result.clusters.info["kmeans"]["fit_windows"] == 50  # k-means on a sample, labels for all
@@ -153,9 +154,15 @@ def test_assign_reports_the_domain_histogram(fitted, generic, domain, tokenizer,
     assert report["top_share"] == hist.max() and report["top_cluster"] == hist.argmax()
     assert report["entropy"] == pytest.approx(entropy(hist))
     assert report["top_cluster"] == numeric_cluster and report["top_share"] > 0.9
+    assert domain.cluster_ids("test").shape == (domain.num_windows("test"),)
+    assert domain.cluster_ids("train") is None  # only the split asked for is labelled
+    assert domain.clusters_info() == fitted.clusters.store_info()
+    # labelling more splits with the same clusters keeps the test labels
+    assert assign_clusters(domain, tokenizer, fitted.clusters.path, split="train")["split"] == "train"
+    assert domain.cluster_ids("test").shape == (domain.num_windows("test"),)
+    assign_clusters(domain, tokenizer, fitted.clusters.path, all_splits=True)
     for split in domain.splits:
         assert domain.cluster_ids(split).shape == (domain.num_windows(split),)
-    assert domain.clusters_info() == fitted.clusters.store_info()
     weights = importance_weights(cluster_histogram(domain.cluster_ids("train"), 2), fitted.train["histogram"])
     assert weights[numeric_cluster] > 1
     with pytest.raises(InputError, match="valid split has no windows"):
@@ -196,7 +203,7 @@ def broken_copy(fitted, tmp_path, centroids=None, info_text=None, resha=True):
         np.save(folder / "centroids.npy", centroids)
         if resha:
             info = json.loads((folder / "clusters.json").read_text())
-            info["centroids_sha256"] = cluster.file_sha256(folder / "centroids.npy")
+            info["centroids_sha256"] = file_sha256(folder / "centroids.npy")
             (folder / "clusters.json").write_text(json.dumps(info))
     if info_text is not None:
         (folder / "clusters.json").write_text(info_text)
@@ -234,7 +241,7 @@ def test_bad_assign_inputs(fitted, generic, domain, tokenizer, other_tokenizer, 
 
 def test_the_embedder_is_known_by_its_files(fitted, tmp_path):
     clusters = load_clusters(fitted.clusters.path)
-    copy = shutil.copytree(cluster.default_embedder_path(), tmp_path / "minilm-copy")
+    copy = shutil.copytree(cluster_embed.default_embedder_path(), tmp_path / "minilm-copy")
     assert clusters.embedder(copy).id == clusters.info["embedder"]["id"]  # so the cache is shared
     other = tmp_path / "other-model"
     other.mkdir()
@@ -263,7 +270,7 @@ def test_cli_cluster_and_assign(fitted, generic, domain, tokenizer, tmp_path):
 
     expected = assign_clusters(domain, tokenizer, fitted.clusters.path)
     fresh = tmp_path / "domain"
-    shutil.copytree(domain.path, fresh, ignore=shutil.ignore_patterns(cluster.EMBEDDINGS_DIR))
+    shutil.copytree(domain.path, fresh, ignore=shutil.ignore_patterns(cluster_embed.EMBEDDINGS_DIR))
     result = pnlm_cli("data", "assign", fresh, "--clusters", tmp_path / "clusters", "--tokenizer",
                       tokenizer.path.parent, "--json")  # embeds the windows in this process
     assert result.returncode == 0, result.stderr

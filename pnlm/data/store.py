@@ -148,13 +148,23 @@ class TokenStore:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write_cluster_ids(self, ids_by_split: dict[str, np.ndarray], info: dict[str, Any]) -> None:
-        """Label windows with cluster ids; each file is written under a temporary name and renamed."""
+        """Label windows with cluster ids; each file is written under a temporary name and renamed.
+
+        Labels of splits not given stay when they come from the same clusters (same centroids) and
+        are removed otherwise, so every label in the store comes from the clustering clusters.json names.
+        """
         for split, ids in ids_by_split.items():
             if ids.shape != (self.num_windows(split),):
                 raise ValueError(f"{split}: {len(ids)} labels for {self.num_windows(split)} windows")
+        previous = self.clusters_info()
+        same = previous is not None and previous.get("centroids_sha256") == info.get("centroids_sha256")
         # clusters.json goes first and is removed while labels change, so a crash midway never leaves
         # labels that claim to come from a clustering they do not.
         (self.path / CLUSTERS_FILE).unlink(missing_ok=True)
+        if not same:
+            for split in self.splits:
+                if split not in ids_by_split:
+                    (self.path / f"{split}.clusters.npy").unlink(missing_ok=True)
         for split, ids in ids_by_split.items():
             _atomic_save_npy(self.path / f"{split}.clusters.npy", ids.astype(np.int32))
         tmp = self.path / f".{CLUSTERS_FILE}.tmp"
