@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo
 SAMPLES := $(wildcard pnlm/sample_data/*.jsonl.gz)
+GENERIC_SAMPLES := pnlm/sample_data/austen_pride_and_prejudice.jsonl.gz pnlm/sample_data/bierce_devils_dictionary.jsonl.gz
+DOMAIN_SAMPLE := pnlm/sample_data/shakespeare_hamlet.jsonl.gz
 
 ifeq ($(shell uname -s),Darwin)
   PLATFORM_DEPS := mlx torch
@@ -36,6 +38,12 @@ demo: $(STAMP)
 	@echo "== 4. generate from the command line with each backend"
 	$(BIN)/pnlm generate $(DEMO)/tiny-from-torch --prompt "It is a truth universally acknowledged" --max-tokens 24 --backend torch
 	$(BIN)/pnlm generate $(DEMO)/tiny-from-torch --prompt "It is a truth universally acknowledged" --max-tokens 24 --backend mlx
+	@echo "== 5. token stores: Austen and Bierce as the generic set, Hamlet as the domain (context 256)"
+	$(BIN)/pnlm data prepare $(GENERIC_SAMPLES) --tokenizer $(DEMO)/tokenizer --context 256 --out $(DEMO)/generic
+	$(BIN)/pnlm data prepare $(DOMAIN_SAMPLE) --tokenizer $(DEMO)/tokenizer --context 256 --out $(DEMO)/hamlet
+	@echo "== 6. embed the generic windows with MiniLM, k-means them into 4 clusters, see where Hamlet falls"
+	$(BIN)/pnlm data cluster $(DEMO)/generic --tokenizer $(DEMO)/tokenizer --k 4 --out $(DEMO)/clusters
+	$(BIN)/pnlm data assign $(DEMO)/hamlet --clusters $(DEMO)/clusters --split train
 	@echo "== demo finished: outputs in $(DEMO)/"
 
 test: $(STAMP)

@@ -4,21 +4,32 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE_DATA
+
+from pnlm.cluster import (
+    assign_clusters,
+    cluster_histogram,
+    entropy,
+    fit_clusters,
+    histogram_report,
+    importance_weights,
+    load_clusters,
+    top_share,
+    window_texts,
+)
 from pnlm.cluster import embed as cluster_embed
-from pnlm.tokenizer import file_sha256
-from pnlm.cluster import (assign_clusters, cluster_histogram, entropy, fit_clusters, histogram_report,
-                          importance_weights, load_clusters, top_share, window_texts)
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
+from pnlm.data.store import TokenStore
 from pnlm.errors import InputError
-from pnlm.tokenizer import train_tokenizer
+from pnlm.tokenizer import file_sha256, train_tokenizer
 
 REPORT_KEYS = {"split", "windows", "counts", "histogram", "top_cluster", "top_share", "entropy"}
 
@@ -296,3 +307,24 @@ def test_cli_help():
     for command in ("cluster", "assign"):
         result = pnlm_cli("data", command, "--help")
         assert result.returncode == 0 and "--tokenizer" in result.stdout
+
+
+def test_cluster_killed_midway_leaves_no_clusters_and_a_rerun_completes(tokenizer, tmp_path):
+    docs = prose(60) + numbers(60, seed=5)
+    store, _ = prepare_store(iter(docs), tokenizer, tmp_path / "store", context=32, valid_fraction=0, test_fraction=0)
+    args = ["data", "cluster", store.path, "--k", 2, "--out", tmp_path / "clusters", "--tokenizer", tokenizer.path.parent]
+    child = subprocess.Popen([sys.executable, "-m", "pnlm.cli", *map(str, args)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((store.path / "embeddings").rglob(".train.npy.tmp-*")) and time.monotonic() < deadline:
+        assert child.poll() is None, "cluster ended before it could be killed"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "clusters").exists()
+    assert TokenStore(store.path).cluster_ids("train") is None
+    result = pnlm_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert TokenStore(store.path).cluster_ids("train").shape == (store.num_windows("train"),)
+    assert load_clusters(tmp_path / "clusters").k == 2
+    assert not list((store.path / "embeddings").rglob(".*.tmp-*")), "the killed run's partial cache was not removed"
