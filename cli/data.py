@@ -1,4 +1,4 @@
-"""`pnlm data ...`: tokenizer now; prepare, cluster and assign come with the data issue."""
+"""`pnlm data tokenizer` and `pnlm data prepare` (cluster and assign are in cli/cluster.py)."""
 
 from __future__ import annotations
 
