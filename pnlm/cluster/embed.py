@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pnlm.atomic import atomic_file
 from pnlm.data.store import TokenStore
 from pnlm.errors import BackendError, InputError
 from pnlm.tokenizer import Tokenizer, load_tokenizer
@@ -272,9 +273,8 @@ def _make_cache_dir(store: TokenStore, embedder: Embedder, model: Any) -> Path:
         if not (folder / EMBEDDER_FILE).is_file():
             info = {**embedder.describe(), "dim": _embedding_dim(model),
                     "max_seq_length": getattr(model, "max_seq_length", None), "dtype": "float16", "normalized": True}
-            tmp = folder / f".{EMBEDDER_FILE}.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps(info, indent=2) + "\n")
-            os.replace(tmp, folder / EMBEDDER_FILE)
+            with atomic_file(folder / EMBEDDER_FILE) as f:
+                f.write((json.dumps(info, indent=2) + "\n").encode())
     except OSError as exc:
         raise InputError(f"{folder}: cannot write the embedding cache: {exc.strerror or exc}") from None
     return folder

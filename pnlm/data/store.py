@@ -16,13 +16,13 @@ prediction). Windows never cross documents.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pnlm.atomic import atomic_file
 from pnlm.errors import InputError
 
 FORMAT = "pnlm-token-store"
@@ -166,16 +166,7 @@ class TokenStore:
                 if split not in ids_by_split:
                     (self.path / f"{split}.clusters.npy").unlink(missing_ok=True)
         for split, ids in ids_by_split.items():
-            _atomic_save_npy(self.path / f"{split}.clusters.npy", ids.astype(np.int32))
-        tmp = self.path / f".{CLUSTERS_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.path / CLUSTERS_FILE)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+            with atomic_file(self.path / f"{split}.clusters.npy") as f:
+                np.save(f, ids.astype(np.int32), allow_pickle=False)
+        with atomic_file(self.path / CLUSTERS_FILE) as f:
+            f.write((json.dumps(info, indent=2) + "\n").encode())
