@@ -74,10 +74,18 @@ def silu(x: mx.array) -> mx.array:
     return x * _sigmoid(x) if on_cpu() else nn.silu(x)
 
 
-def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
-    """Mean cross-entropy; on the CPU with the model's fast exp (see model.py)."""
+def token_nll(logits: mx.array, targets: mx.array) -> mx.array:
+    """Negative log-likelihood of each target token; on the CPU with the fast exp."""
     if not on_cpu():
-        return nn.losses.cross_entropy(logits, targets, reduction="mean")
+        return nn.losses.cross_entropy(logits, targets, reduction="none")
     shifted = logits - mx.stop_gradient(logits.max(axis=-1, keepdims=True))
     log_normalizer = mx.log(exp_nonpositive(shifted).sum(axis=-1))
-    return (log_normalizer - mx.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]).mean()
+    return log_normalizer - mx.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+
+
+def cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array | None = None) -> mx.array:
+    """Mean cross-entropy over the target tokens where mask is 1 (all of them without a mask)."""
+    nll = token_nll(logits, targets)
+    if mask is None:
+        return nll.mean()
+    return (nll * mask).sum() / mx.maximum(mask.sum(), 1.0)
