@@ -22,3 +22,29 @@ def load_inference_model(path, backend: str, dtype: str = "float32"):
             raise BackendError(f"backend 'mlx' needs MLX: pip install 'pnlm[mlx]' ({exc})") from None
         return InferenceModel.from_checkpoint(path, dtype=dtype)
     raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def make_train_step(backend: str, spec, weights, optimizer):
+    """A backend's model, loaded with canonical weights, and its train step (see pnlm/loop.py)."""
+    if backend in ("torch", "cuda"):
+        try:
+            import torch
+
+            from pnlm.backends.torch.device import resolve_device
+            from pnlm.backends.torch.model import Transformer
+            from pnlm.backends.torch.train_step import TrainStep
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
+        with torch.device(resolve_device("cuda" if backend == "cuda" else "cpu")):
+            model = Transformer(spec)
+    elif backend == "mlx":
+        try:
+            from pnlm.backends.mlx.model import Transformer
+            from pnlm.backends.mlx.train_step import TrainStep
+        except ImportError as exc:
+            raise BackendError(f"backend 'mlx' needs MLX: pip install 'pnlm[mlx]' ({exc})") from None
+        model = Transformer(spec)
+    else:
+        raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    model.load_canonical(weights)
+    return TrainStep(model, optimizer)

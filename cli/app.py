@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from pnlm.cli import cluster, data, generate, info, init
+from pnlm.cli import cluster, data, generate, info, init, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 
@@ -19,6 +19,9 @@ app.add_typer(data.app, name="data")
 app.command("init")(init.init)
 app.command("info")(info.info)
 app.command("generate")(generate.generate)
+app.command("pretrain")(train.pretrain)
+app.command("finetune")(train.finetune)
+app.command("eval")(train.eval_command)
 
 
 def main() -> None:

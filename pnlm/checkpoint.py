@@ -29,6 +29,10 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_FILE = "trainer.json"
+CORE_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE}
+OPTIONAL_FILES = {OPTIMIZER_FILE, TRAINER_FILE}
 MAX_JSON_BYTES = 1 << 20
 
 
@@ -49,8 +53,14 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], tokenizer: Tokenizer,
-                    method: str = "slm", extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically; an existing folder at path is replaced only once the new one is complete."""
+                    method: str = "slm", extra: dict[str, Any] | None = None,
+                    optimizer_state: dict[str, np.ndarray] | None = None,
+                    trainer_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically; an existing folder at path is replaced only once the new one is complete.
+
+    optimizer_state (AdamW moments by canonical name) and trainer_state (step, data position, best
+    loss...) make it resumable; they are hashed in the manifest like the rest.
+    """
     path = Path(path)
     spec.validate()
     if tokenizer.vocab_size != spec.vocab_size:
@@ -62,7 +72,14 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.nda
         _write_json(tmp / CONFIG_FILE, config)
         save_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         shutil.copyfile(tokenizer.path, tmp / TOKENIZER_FILE)
-        files = {name: file_sha256(tmp / name) for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)}
+        names = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE]
+        if optimizer_state is not None:
+            save_safetensors({k: v for k, v in optimizer_state.items() if k != "step"}, tmp / OPTIMIZER_FILE)
+            names.append(OPTIMIZER_FILE)
+        if trainer_state is not None:
+            _write_json(tmp / TRAINER_FILE, trainer_state)
+            names.append(TRAINER_FILE)
+        files = {name: file_sha256(tmp / name) for name in names}
         if files[TOKENIZER_FILE] != tokenizer.sha256:
             raise CheckpointError(f"{tokenizer.path}: changed on disk while saving")
         _write_json(tmp / MANIFEST_FILE, {"format": FORMAT, "version": VERSION, "sha256": files})
@@ -90,7 +107,8 @@ def verify_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint folder")
     manifest = _read_json(path / MANIFEST_FILE)
     hashes = manifest.get("sha256")
-    if manifest.get("format") != FORMAT or not isinstance(hashes, dict) or set(hashes) != {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE}:
+    if (manifest.get("format") != FORMAT or not isinstance(hashes, dict) or not CORE_FILES <= set(hashes)
+            or not set(hashes) <= CORE_FILES | OPTIONAL_FILES):
         raise CheckpointError(f"{path / MANIFEST_FILE}: not a pnlm manifest (format {FORMAT!r} with the sha256 of "
                               f"{CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE})")
     for name, expected in hashes.items():
@@ -124,3 +142,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     weights = load_safetensors(path / WEIGHTS_FILE, spec)
     extra = {k: v for k, v in config.items() if k not in {"format", "version", "method", "spec", "tokenizer"}}
     return Checkpoint(spec, weights, tokenizer, str(config.get("method", "slm")), extra)
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The optimizer state (with its step) and the trainer state of a resumable checkpoint."""
+    path = Path(path)
+    verify_checkpoint(path)
+    if not (path / OPTIMIZER_FILE).is_file() or not (path / TRAINER_FILE).is_file():
+        raise CheckpointError(f"{path}: holds no optimizer and trainer state; it cannot be resumed")
+    trainer = _read_json(path / TRAINER_FILE)
+    optimizer = load_safetensors(path / OPTIMIZER_FILE)
+    optimizer["step"] = np.array(int(trainer["optimizer_step"]), dtype=np.int64)
+    return optimizer, trainer

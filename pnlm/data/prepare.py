@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pnlm.atomic import atomic_dir
 from pnlm.data.readers import ReadStats
 from pnlm.data.store import FORMAT, META_FILE, SPLITS, VERSION, TokenStore, token_dtype, window_bounds
 from pnlm.errors import InputError
-from pnlm.tokenizer import Tokenizer, load_tokenizer
+from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 CHUNK_DOCUMENTS = 64
 
@@ -162,5 +163,6 @@ def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Pat
             "bad_records_skipped": read_stats.bad if read_stats is not None else 0,
             "sources": sources or [],
         }
+        shutil.copyfile(tokenizer.path, folder / TOKENIZER_FILE)
         (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return TokenStore(out), stats

@@ -1,6 +1,7 @@
 """Token store: a folder of memory-mapped token arrays, one per split, cut into windows.
 
     STORE/
+      tokenizer.model        a copy of the tokenizer the ids refer to
       meta.json              format, tokenizer sha256, vocab size, context, dtype, counts per split
       train.tokens           flat uint16 (vocab <= 65536) or uint32 token ids, every document of the split
       train.windows.npy      int64 (windows, 2): start offset into train.tokens, length (<= context)
@@ -24,6 +25,7 @@ import numpy as np
 
 from pnlm.atomic import atomic_file
 from pnlm.errors import InputError
+from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 FORMAT = "pnlm-token-store"
 VERSION = 1
@@ -132,6 +134,16 @@ class TokenStore:
             np.random.default_rng(seed).shuffle(order)
         for begin in range(0, len(order), batch_size):
             yield self.batch(split, order[begin:begin + batch_size], pad_id)
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the store was prepared with (a copy lives in the store), checked by its sha256."""
+        path = self.path / TOKENIZER_FILE
+        if not path.is_file():
+            raise InputError(f"{self.path}: holds no copy of its tokenizer (prepared by an older pnlm); prepare it again")
+        tokenizer = load_tokenizer(path)
+        if tokenizer.sha256 != self.tokenizer_sha256:
+            raise InputError(f"{path}: sha256 differs from the one in {META_FILE}; the store is damaged")
+        return tokenizer
 
     def cluster_ids(self, split: str) -> np.ndarray | None:
         """Cluster id per window, or None when the store is not labelled (or a relabelling did not finish)."""

@@ -1,0 +1,190 @@
+"""The training loop, written once for every backend: schedule, evaluation, early stopping, checkpoints,
+exact resume, metrics.
+
+A backend supplies a train step (see backends/*/train_step.py) with `__call__(inputs, targets, mask)`,
+`nll(...)`, `set_lr`, `optimizer_state()`, `load_optimizer_state()` and a `model` with
+`canonical_weights()` and `load_canonical()`. Everything else is here.
+
+    RUN/
+      latest/        checkpoint with optimizer and trainer state: what --resume continues from
+      best/          the weights with the lowest validation loss so far (when evaluating)
+      metrics.jsonl  one JSON object per log step: step, loss, lr, tokens, tokens_per_s, elapsed_s
+                     (and val_loss, val_ppl at evaluations)
+
+The data order is a function of the step alone (a seeded permutation per epoch over the train
+windows), so resuming at step s feeds exactly the batches an uninterrupted run would have fed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pnlm.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from pnlm.data.store import TokenStore
+from pnlm.errors import PnlmError
+from pnlm.schedule import learning_rate
+from pnlm.spec import ModelSpec, OptimizerSpec
+from pnlm.tokenizer import Tokenizer
+
+LATEST = "latest"
+BEST = "best"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int = 8
+    optimizer: OptimizerSpec = OptimizerSpec()
+    warmup_steps: int = 0
+    cosine: bool = True
+    min_lr_ratio: float = 0.1
+    eval_every: int = 0          # 0: never evaluate
+    eval_batches: int = 0        # 0: the whole valid split
+    patience: int = 0            # evaluations without improvement before stopping; 0: no early stopping
+    checkpoint_every: int = 0    # 0: only at the end
+    log_every: int = 1
+    seed: int = 0
+
+    def validate(self) -> "TrainConfig":
+        if self.steps < 1 or self.batch_size < 1:
+            raise PnlmError(f"steps and batch size must be at least 1, got {self.steps} and {self.batch_size}")
+        if self.patience and not self.eval_every:
+            raise PnlmError("early stopping (patience) needs evaluations: set eval_every")
+        return self
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    stopped_early: bool
+    best_val_loss: float | None
+    final_loss: float
+    tokens: int
+    seconds: float
+
+
+def batch_indices(step: int, batch_size: int, windows: int, seed: int) -> np.ndarray:
+    """The train windows of a step: positions step*B .. step*B+B-1 of an endless sequence of
+    per-epoch permutations, each seeded by (seed, epoch)."""
+    first = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(first + len(out), windows)
+        order = np.random.default_rng([seed, epoch]).permutation(windows)
+        out.extend(order[offset:offset + batch_size - len(out)].tolist())
+    return np.array(out, dtype=np.int64)
+
+
+def shifted(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, next-token targets and the mask of real (non-padding) targets of a padded batch."""
+    mask = (np.arange(tokens.shape[1] - 1)[None, :] < (lengths[:, None] - 1)).astype(np.float32)
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_batches: int = 0) -> tuple[float, int]:
+    """Mean NLL per target token over a split (or its first max_batches batches), and the token count."""
+    total, count = 0.0, 0
+    for n, (tokens, lengths) in enumerate(store.iter_batches(split, batch_size, shuffle=False)):
+        if max_batches and n >= max_batches:
+            break
+        nll, tokens_counted = step_fn.nll(*shifted(tokens, lengths))
+        total, count = total + nll, count + tokens_counted
+    if not count:
+        raise PnlmError(f"{store.path}: the {split} split has no tokens to evaluate on")
+    return total / count, count
+
+
+def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
+          run_dir: str | Path, resume: bool = False, method: str = "slm",
+          on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl."""
+    config.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    windows = store.num_windows("train")
+    if not windows:
+        raise PnlmError(f"{store.path}: the train split has no windows")
+    evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
+    state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
+    if resume:
+        optimizer_state, trainer = load_training_state(run_dir / LATEST)
+        if trainer.get("config") != _config_json(config):
+            raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
+        step_fn.model.load_canonical(load_checkpoint(run_dir / LATEST).weights)
+        step_fn.load_optimizer_state(optimizer_state)
+        state.update({k: trainer[k] for k in state})
+        _truncate_metrics(run_dir / METRICS, state["step"])
+    elif (run_dir / LATEST).exists():
+        raise PnlmError(f"{run_dir}: holds a run already; pass --resume to continue it, or another --out")
+    else:
+        (run_dir / METRICS).unlink(missing_ok=True)
+
+    def save(folder: str, with_state: bool) -> None:
+        trainer = {**state, "optimizer_step": state["step"], "config": _config_json(config)}
+        save_checkpoint(run_dir / folder, spec, step_fn.model.canonical_weights(), tokenizer, method,
+                        optimizer_state=step_fn.optimizer_state() if with_state else None,
+                        trainer_state=trainer)
+
+    start = time.perf_counter() - state["elapsed_s"]
+    stopped_early, loss = False, math.nan
+    with open(run_dir / METRICS, "a") as metrics:
+        while state["step"] < config.steps:
+            step = state["step"]
+            lr = learning_rate(step, config.optimizer.lr, config.warmup_steps, config.steps,
+                               config.min_lr_ratio, config.cosine)
+            step_fn.set_lr(lr)
+            tokens, lengths = store.batch("train", batch_indices(step, config.batch_size, windows, config.seed))
+            inputs, targets, mask = shifted(tokens, lengths)
+            loss = step_fn(inputs, targets, mask)
+            if not math.isfinite(loss):
+                raise PnlmError(f"loss is {loss} at step {step + 1}; the last good checkpoint is {run_dir / LATEST}")
+            state["step"] = step + 1
+            state["tokens"] += int(mask.sum())
+            state["elapsed_s"] = time.perf_counter() - start
+            record = {"step": state["step"], "loss": loss, "lr": lr, "tokens": state["tokens"],
+                      "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"]}
+            if evaluating and state["step"] % config.eval_every == 0:
+                val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches)
+                record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)))
+                if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+                    state["best_val_loss"], state["evals_since_best"] = val_loss, 0
+                    save(BEST, with_state=False)
+                else:
+                    state["evals_since_best"] += 1
+                stopped_early = bool(config.patience) and state["evals_since_best"] >= config.patience
+            if state["step"] % config.log_every == 0 or "val_loss" in record or stopped_early:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if on_log:
+                    on_log(record)
+            if stopped_early or state["step"] == config.steps or (
+                    config.checkpoint_every and state["step"] % config.checkpoint_every == 0):
+                save(LATEST, with_state=True)
+            if stopped_early:
+                break
+    return TrainResult(state["step"], stopped_early, state["best_val_loss"], loss, state["tokens"],
+                       time.perf_counter() - start)
+
+
+def _config_json(config: TrainConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data.pop("steps")  # a resumed run may be extended
+    data.pop("patience")
+    return data
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines a killed run logged after its last checkpoint, so a resumed log reads as one run."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
