@@ -31,11 +31,12 @@ def make_train_step(backend: str, spec, weights, optimizer):
             import torch
 
             from pnlm.backends.torch.device import resolve_device
+            from pnlm.backends.torch.distributed import local_device
             from pnlm.backends.torch.model import Transformer
             from pnlm.backends.torch.train_step import TrainStep
         except ImportError as exc:
             raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
-        with torch.device(resolve_device("cuda" if backend == "cuda" else "cpu")):
+        with torch.device(local_device(resolve_device("cuda" if backend == "cuda" else "cpu"))):
             model = Transformer(spec)
     elif backend == "mlx":
         try:

@@ -27,6 +27,9 @@ def _steps(steps: int | None, tokens: int | None, batch_size: int, context: int)
 
 
 def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out) -> None:
+    if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
+        train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method)
+        return
     with RateCounter("training", "steps") as counter:
         def log(record: dict) -> None:
             extra = f", loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"

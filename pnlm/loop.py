@@ -2,8 +2,9 @@
 exact resume, metrics.
 
 A backend supplies a train step (see backends/*/train_step.py) with `__call__(inputs, targets, mask)`,
-`nll(...)`, `set_lr`, `optimizer_state()`, `load_optimizer_state()` and a `model` with
-`canonical_weights()` and `load_canonical()`. Everything else is here.
+`nll(...)`, `set_lr`, `optimizer_state()`, `load_optimizer_state()`, `is_main` (the process that
+writes, under data parallelism) and a `model` with `canonical_weights()` and `load_canonical()`.
+Everything else is here.
 
     RUN/
       latest/        checkpoint with optimizer and trainer state: what --resume continues from
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -109,7 +111,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl."""
     config.validate()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = step_fn.is_main  # under data parallelism only one process writes
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     windows = store.num_windows("train")
     if not windows:
         raise PnlmError(f"{store.path}: the train split has no windows")
@@ -122,13 +126,16 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         step_fn.model.load_canonical(load_checkpoint(run_dir / LATEST).weights)
         step_fn.load_optimizer_state(optimizer_state)
         state.update({k: trainer[k] for k in state})
-        _truncate_metrics(run_dir / METRICS, state["step"])
+        if main:
+            _truncate_metrics(run_dir / METRICS, state["step"])
     elif (run_dir / LATEST).exists():
         raise PnlmError(f"{run_dir}: holds a run already; pass --resume to continue it, or another --out")
-    else:
+    elif main:
         (run_dir / METRICS).unlink(missing_ok=True)
 
     def save(folder: str, with_state: bool) -> None:
+        if not main:
+            return
         trainer = {**state, "optimizer_step": state["step"], "config": _config_json(config)}
         save_checkpoint(run_dir / folder, spec, step_fn.model.canonical_weights(), tokenizer, method,
                         optimizer_state=step_fn.optimizer_state() if with_state else None,
@@ -136,7 +143,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
 
     start = time.perf_counter() - state["elapsed_s"]
     stopped_early, loss = False, math.nan
-    with open(run_dir / METRICS, "a") as metrics:
+    with open(run_dir / METRICS if main else os.devnull, "a") as metrics:
         while state["step"] < config.steps:
             step = state["step"]
             lr = learning_rate(step, config.optimizer.lr, config.warmup_steps, config.steps,

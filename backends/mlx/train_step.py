@@ -45,6 +45,11 @@ class TrainStep:
         self._step = step
         self._nll_sum = nll_sum
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints and metrics (always: MLX trains in one process here)."""
+        return True
+
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 

@@ -6,6 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch.nn.parallel import DistributedDataParallel
+
+from pnlm.backends.torch.distributed import all_reduce_sum, init_distributed, rank_rows
 from pnlm.backends.torch.model import Transformer
 from pnlm.spec import OptimizerSpec
 
@@ -15,6 +18,9 @@ class TrainStep:
         self.model = model
         self.spec = optimizer
         self.device = next(model.parameters()).device
+        self.rank, self.world_size = init_distributed(self.device)
+        # DDP wraps the model for the forward pass; weights are read from and loaded into the model itself.
+        self.network = DistributedDataParallel(model) if self.world_size > 1 else model
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=optimizer.lr, betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps,
             weight_decay=optimizer.weight_decay, fused=self.device.type == "cuda")
@@ -23,8 +29,14 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.model(inputs)
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints and metrics (rank 0)."""
+        return self.rank == 0
+
+    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None
+                  ) -> torch.Tensor:
+        logits = (network or self.model)(inputs)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
                                reduction="none").view(targets.shape)
 
@@ -38,12 +50,19 @@ class TrainStep:
         (all by default). Return the loss before the update."""
         self.model.train()
         x, y, m = self._tensors(inputs, targets, mask)
-        loss = (self.token_nll(x, y) * m).sum() / m.sum().clamp(min=1.0)
+        count = m.sum().clamp(min=1.0)
+        if self.world_size > 1:
+            rows = torch.from_numpy(rank_rows(len(x), self.rank, self.world_size)).to(self.device)
+            x, y, m = x[rows], y[rows], m[rows]
+        nll_sum = (self.token_nll(x, y, self.network) * m).sum()
+        # DDP averages gradients over ranks: scaling by the world size makes that the gradient of the
+        # global batch's mean loss.
+        loss = nll_sum / count * self.world_size
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.clip_norm)
         self.optimizer.step()
-        return float(loss.detach())
+        return float(all_reduce_sum(nll_sum.detach()) / count)
 
     @torch.no_grad()
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
