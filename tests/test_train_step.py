@@ -82,3 +82,16 @@ def make_step(backend, spec, optimizer, weights=None):
     model = Transformer(spec)
     model.load_canonical(init_weights(spec, seed=0) if weights is None else weights)
     return TrainStep(model, optimizer)
+
+
+def test_evaluation_sees_the_trained_weights(tiny_spec):
+    rng = np.random.default_rng(5)
+    batch = rng.integers(0, tiny_spec.vocab_size, (2, 33))
+    mlx_step = make_step("mlx", tiny_spec, OptimizerSpec(lr=1e-2))
+    before = mlx_step.nll(batch[:, :-1], batch[:, 1:])[0]
+    for _ in range(5):
+        mlx_step(batch[:, :-1], batch[:, 1:])
+    after = mlx_step.nll(batch[:, :-1], batch[:, 1:])[0]
+    torch_step = make_step("torch", tiny_spec, OptimizerSpec(), weights=mlx_step.model.canonical_weights())
+    assert after < before
+    assert after == pytest.approx(torch_step.nll(batch[:, :-1], batch[:, 1:])[0], rel=1e-5)

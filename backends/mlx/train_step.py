@@ -38,7 +38,8 @@ class TrainStep:
             self.optimizer.update(model, grads)
             return loss
 
-        @mx.compile
+        # The weights are an input: a compiled function would otherwise keep the ones it first saw.
+        @partial(mx.compile, inputs=[model.state])
         def nll_sum(inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
             return (token_nll(model(inputs).astype(mx.float32), targets) * mask).sum()
 
