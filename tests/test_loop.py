@@ -90,3 +90,16 @@ def test_eval_agrees_across_backends(tmp_path, store):
     reports = [json.loads(pnlm_cli("eval", tmp_path / "run" / "latest", "--data", store.path, "--backend", b,
                                    "--json").stdout) for b in ("torch", "mlx")]
     assert reports[0]["macro_ppl"] == pytest.approx(reports[1]["macro_ppl"], rel=1e-3)
+
+
+def test_pretrained_in_torch_fine_tuned_in_mlx_evaluates_alike(tmp_path, store):
+    assert pnlm_cli("pretrain", "--model", "tiny", "--data", store.path, "--backend", "torch", "--steps", 4,
+                    "--lr", 1e-3, "--out", tmp_path / "pre").returncode == 0
+    result = pnlm_cli("finetune", tmp_path / "pre" / "latest", "--data", store.path, "--backend", "mlx", "--steps", 6,
+                      "--lr", 1e-3, "--eval-every", 3, "--out", tmp_path / "ft", "--json")
+    assert result.returncode == 0, result.stderr
+    reports = {b: json.loads(pnlm_cli("eval", tmp_path / "ft" / "best", "--data", store.path, "--backend", b,
+                                      "--json").stdout) for b in ("torch", "mlx")}
+    assert reports["torch"]["macro_ppl"] == pytest.approx(reports["mlx"]["macro_ppl"], rel=1e-3)
+    pretrained = json.loads(pnlm_cli("eval", tmp_path / "pre" / "latest", "--data", store.path, "--json").stdout)
+    assert reports["torch"]["macro_ppl"] < pretrained["macro_ppl"]  # the MLX fine-tune changed the model for the better
