@@ -144,13 +144,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(spec, weights, tokenizer, str(config.get("method", "slm")), extra)
 
 
-def load_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The optimizer state (with its step) and the trainer state of a resumable checkpoint."""
+def load_resumable(path: str | Path) -> tuple[Checkpoint, dict[str, np.ndarray], dict[str, Any]]:
+    """A resumable checkpoint, verified once: the checkpoint, its optimizer state (with the step) and its trainer state."""
     path = Path(path)
-    verify_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     if not (path / OPTIMIZER_FILE).is_file() or not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{path}: holds no optimizer and trainer state; it cannot be resumed")
     trainer = _read_json(path / TRAINER_FILE)
     optimizer = load_safetensors(path / OPTIMIZER_FILE)
-    optimizer["step"] = np.array(int(trainer["optimizer_step"]), dtype=np.int64)
-    return optimizer, trainer
+    optimizer["step"] = np.array(int(trainer["step"]), dtype=np.int64)
+    return checkpoint, optimizer, trainer

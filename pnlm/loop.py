@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from pnlm.checkpoint import load_resumable, save_checkpoint
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.schedule import learning_rate
@@ -120,10 +120,10 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
     if resume:
-        optimizer_state, trainer = load_training_state(run_dir / LATEST)
+        checkpoint, optimizer_state, trainer = load_resumable(run_dir / LATEST)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
-        step_fn.model.load_canonical(load_checkpoint(run_dir / LATEST).weights)
+        step_fn.model.load_canonical(checkpoint.weights)
         step_fn.load_optimizer_state(optimizer_state)
         state.update({k: trainer[k] for k in state})
         if main:
@@ -136,7 +136,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     def save(folder: str, with_state: bool) -> None:
         if not main:
             return
-        trainer = {**state, "optimizer_step": state["step"], "config": _config_json(config)}
+        trainer = {**state, "config": _config_json(config)}
         save_checkpoint(run_dir / folder, spec, step_fn.model.canonical_weights(), tokenizer, method,
                         optimizer_state=step_fn.optimizer_state() if with_state else None,
                         trainer_state=trainer)
