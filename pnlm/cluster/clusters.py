@@ -144,13 +144,15 @@ class FitResult:
                 "embed_seconds": round(self.embed_seconds, 3), "kmeans_seconds": round(self.kmeans_seconds, 3)}
 
 
-def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Path, k: int, out: str | Path,
+def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Path | None, k: int, out: str | Path,
                  embedder: str | Path | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_fit_windows: int = MAX_FIT_WINDOWS, n_init: int = N_INIT, precision: str = "auto",
                  on_progress: ProgressFn | None = None) -> FitResult:
     """Embed the store's windows (cached), k-means its train split into k clusters, write CLUSTERS at out
-    (atomically), and label every split of the store with its nearest centroid."""
-    store, tokenizer, out = as_store(store), as_tokenizer(tokenizer), Path(out)
+    (atomically), and label every split of the store with its nearest centroid. tokenizer=None: the
+    copy the store keeps."""
+    store, out = as_store(store), Path(out)
+    tokenizer = store.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
     train_windows = store.num_windows("train")
     if k < 1:
