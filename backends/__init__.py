@@ -24,28 +24,37 @@ def load_inference_model(path, backend: str, dtype: str = "float32"):
     raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def make_train_step(backend: str, spec, weights, optimizer):
-    """A backend's model, loaded with canonical weights, and its train step (see pnlm/loop.py)."""
+def make_train_step(backend: str, spec, weights, optimizer, precision: str = "float32", lora=None, adapters=None,
+                    compile: bool = False):
+    """A backend's model, loaded with canonical weights (and LoRA adapters when lora is given: then only
+    the adapters train), and its train step (see pnlm/loop.py). compile: torch.compile (torch only;
+    MLX's step is always compiled)."""
     if backend in ("torch", "cuda"):
         try:
             import torch
 
             from pnlm.backends.torch.device import resolve_device
             from pnlm.backends.torch.distributed import local_device
+            from pnlm.backends.torch.lora import apply_lora
             from pnlm.backends.torch.model import Transformer
             from pnlm.backends.torch.train_step import TrainStep
         except ImportError as exc:
             raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
         with torch.device(local_device(resolve_device("cuda" if backend == "cuda" else "cpu"))):
             model = Transformer(spec)
+        options = {"compile": compile}
     elif backend == "mlx":
         try:
+            from pnlm.backends.mlx.lora import apply_lora
             from pnlm.backends.mlx.model import Transformer
             from pnlm.backends.mlx.train_step import TrainStep
         except ImportError as exc:
             raise BackendError(f"backend 'mlx' needs MLX: pip install 'pnlm[mlx]' ({exc})") from None
         model = Transformer(spec)
+        options = {}
     else:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     model.load_canonical(weights)
-    return TrainStep(model, optimizer)
+    if lora is not None:
+        apply_lora(model, lora, adapters)
+    return TrainStep(model, optimizer, precision=precision, **options)

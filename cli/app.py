@@ -22,6 +22,7 @@ app.command("generate")(generate.generate)
 app.command("pretrain")(train.pretrain)
 app.command("finetune")(train.finetune)
 app.command("eval")(train.eval_command)
+app.command("fuse")(train.fuse_command)
 
 
 def main() -> None:

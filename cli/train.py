@@ -8,15 +8,20 @@ from pathlib import Path
 import typer
 
 from pnlm.backends import make_train_step
+from pnlm.adapter_checkpoint import AdapterWriter, fuse_checkpoint
 from pnlm.checkpoint import load_checkpoint
+from pnlm.inference import read_model
 from pnlm.cli.console import RateCounter, console, print_json
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.loop import BEST, LATEST, TrainConfig, evaluate, train
+from pnlm.lora import LoraSpec, init_adapters
 from pnlm.spec import OptimizerSpec, load_spec
 from pnlm.weights import init_weights
 
 BACKEND_HELP = "torch (CPU), cuda (NVIDIA GPU) or mlx."
+PRECISION_HELP = ("float32, or bfloat16 compute over float32 weights and optimizer (autocast). "
+                  "Default: bfloat16 on cuda, float32 elsewhere.")
 PRETRAIN_METHODS = ("slm", "llm")
 
 
@@ -26,9 +31,14 @@ def _steps(steps: int | None, tokens: int | None, batch_size: int, context: int)
     return steps if steps is not None else max(1, math.ceil(tokens / (batch_size * context)))
 
 
-def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out) -> None:
+def _precision(precision: str | None, backend: str) -> str:
+    """bfloat16 on a GPU (autocast), float32 elsewhere, unless asked."""
+    return precision or ("bfloat16" if backend == "cuda" else "float32")
+
+
+def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None) -> None:
     if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
-        train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method)
+        train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer)
         return
     with RateCounter("training", "steps") as counter:
         def log(record: dict) -> None:
@@ -37,16 +47,21 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out)
                 extra += f", val {record['val_loss']:.3f}"
             counter.update(record["step"], extra)
 
-        result = train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, on_log=log)
+        result = train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, on_log=log,
+                       writer=writer)
     summary = {"out": str(out), "steps": result.steps, "stopped_early": result.stopped_early,
                "final_loss": result.final_loss, "best_val_loss": result.best_val_loss, "tokens": result.tokens,
-               "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9))}
+               "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
+               "flops": result.flops, "device_hours": result.device_hours, "mfu": result.mfu,
+               "devices": step_fn.devices, "device": step_fn.device_name, "precision": step_fn.precision}
     if json_out:
         print_json(summary)
         return
+    mfu = f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
     best = f"; best validation loss {result.best_val_loss:.4f} in {Path(out) / BEST}" if result.best_val_loss else ""
     console.print(f"{result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s "
-                  f"({summary['tokens_per_s']:,} tokens/s); final loss {result.final_loss:.4f}{best}; "
+                  f"({summary['tokens_per_s']:,} tokens/s, {result.flops:.3g} FLOPs, {result.device_hours:.4f} "
+                  f"device-hours{mfu}); final loss {result.final_loss:.4f}{best}; "
                   f"resumable checkpoint in {Path(out) / LATEST}"
                   + ("; stopped early" if result.stopped_early else ""))
 
@@ -60,7 +75,11 @@ def pretrain(
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
     tokens: int | None = typer.Option(None, "--tokens", help="Or a token budget, turned into steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Compute each step's batch in this many slices "
+                                   "(gradient accumulation): the same update, less memory."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (the paper: 1e-4)."),
+    precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
     warmup: int | None = typer.Option(None, "--warmup", help="Warmup steps (default: min(1000, steps/10))."),
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the valid split every N steps (0: never)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
@@ -76,10 +95,11 @@ def pretrain(
     if store.context > spec.context:
         raise PnlmError(f"{data}: windows of {store.context} tokens exceed the model's context of {spec.context}")
     total = _steps(steps, tokens, batch_size, store.context)
-    config = TrainConfig(steps=total, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr),
+    config = TrainConfig(steps=total, batch_size=batch_size, micro_batches=grad_accum, optimizer=OptimizerSpec(lr=lr),
                          warmup_steps=min(1000, total // 10) if warmup is None else warmup,
-                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed)
-    step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer)
+                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed).validate()
+    step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer,
+                              precision=_precision(precision, backend), compile=compile_model)
     _run(step_fn, spec, store.tokenizer(), store, config, out, resume, method, json_out)
 
 
@@ -90,7 +110,16 @@ def finetune(
     out: Path = typer.Option(..., "--out", help="RUN folder; the fine-tuned model is RUN/best (RUN/latest without evaluation)."),
     steps: int = typer.Option(1000, "--steps", help="At most this many steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
-    lr: float = typer.Option(1e-4 / 3, "--lr", help="Constant learning rate (the paper: pretraining's / 3)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Compute each step's batch in this many slices "
+                                   "(gradient accumulation): the same update, less memory."),
+    lr: float | None = typer.Option(None, "--lr", help="Constant learning rate (default: the paper's pretraining "
+                                    "rate / 3 = 3.3e-5)."),
+    lora_rank: int = typer.Option(0, "--lora-rank", help="Train LoRA adapters of this rank instead of every weight "
+                                  "(0: full fine-tuning; the paper's appendix: 64). Saved beside the base checkpoint."),
+    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA scale alpha (update × alpha/rank; "
+                                            "default 2 × rank)."),
+    precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
     eval_every: int = typer.Option(50, "--eval-every", help="Evaluate on the valid split every N steps."),
     patience: int = typer.Option(3, "--patience", help="Stop after this many evaluations without improvement."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop when validation stops improving."),
@@ -105,13 +134,32 @@ def finetune(
     store = TokenStore(data)
     if store.tokenizer_sha256 != base.tokenizer.sha256:
         raise PnlmError(f"{data}: prepared with another tokenizer than {checkpoint}'s")
-    config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr), cosine=False,
+    if lora_rank and from_scratch:
+        raise PnlmError("--lora-rank adapts a pretrained model; --from-scratch trains every weight: choose one")
+    config = TrainConfig(steps=steps, batch_size=batch_size, micro_batches=grad_accum,
+                         optimizer=OptimizerSpec(lr=1e-4 / 3 if lr is None else lr), cosine=False,
                          eval_every=eval_every, patience=patience if early_stop else 0,
-                         checkpoint_every=checkpoint_every, seed=seed)
+                         checkpoint_every=checkpoint_every, seed=seed).validate()
     weights = init_weights(base.spec, seed) if from_scratch else base.weights
-    step_fn = make_train_step(backend, base.spec, weights, config.optimizer)
     method = "slm-nopt" if from_scratch else base.method
-    _run(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, json_out)
+    lora, adapters, writer = None, None, None
+    if lora_rank:
+        lora = LoraSpec(rank=lora_rank, alpha=2.0 * lora_rank if lora_alpha is None else lora_alpha).validate(base.spec)
+        adapters = init_adapters(base.spec, lora, seed)
+        writer = AdapterWriter(checkpoint, base, lora, method)
+    step_fn = make_train_step(backend, base.spec, weights, config.optimizer, precision=_precision(precision, backend),
+                              lora=lora, adapters=adapters, compile=compile_model)
+    _run(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, json_out, writer)
+
+
+def fuse_command(
+    adapters: Path = typer.Argument(..., help="An adapter folder from `pnlm finetune --lora-rank` (RUN/best)."),
+    out: Path = typer.Option(..., "--out", help="The plain checkpoint to write."),
+    base: Path | None = typer.Option(None, "--base", help="The base checkpoint, if it moved since training."),
+) -> None:
+    """Merge LoRA adapters into their base: a plain checkpoint, W + (alpha/rank)·B·A in every adapted layer."""
+    path = fuse_checkpoint(adapters, out, base)
+    console.print(f"fused {adapters} into {path}")
 
 
 def eval_command(
@@ -120,11 +168,23 @@ def eval_command(
     split: str = typer.Option("test", "--split", help="Split to evaluate on."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per batch."),
+    unigram: Path | None = typer.Option(None, "--unigram", help="Also print the perplexity of an add-one unigram "
+                                        "model fit on this store's train split (the generic set): the floor to beat."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Perplexity per domain and the paper's macro-average: exp of the mean over domains of each one's mean NLL."""
-    ckpt = load_checkpoint(checkpoint)
-    step_fn = make_train_step(backend, ckpt.spec, ckpt.weights, OptimizerSpec())
+    from pnlm.unigram import fit_unigram  # only needed with --unigram
+
+    ckpt = read_model(checkpoint)  # a checkpoint, or LoRA adapters with their base
+    baseline = None
+    if unigram is not None:
+        unigram_store = TokenStore(unigram)
+        if unigram_store.tokenizer_sha256 != ckpt.tokenizer.sha256:
+            raise PnlmError(f"{unigram}: prepared with another tokenizer than {checkpoint}'s")
+        baseline = fit_unigram(unigram_store, "train")
+    adapters = ckpt.adapters
+    step_fn = make_train_step(backend, ckpt.spec, ckpt.weights, OptimizerSpec(), lora=adapters and adapters.lora,
+                              adapters=adapters and adapters.weights)
     domains = {}
     for path in data:
         store = TokenStore(path)
@@ -132,10 +192,23 @@ def eval_command(
             raise PnlmError(f"{path}: prepared with another tokenizer than {checkpoint}'s")
         nll, count = evaluate(step_fn, store, split, batch_size)
         domains[store.name] = {"ppl": math.exp(nll), "nll": nll, "tokens": count}
+        if baseline is not None:
+            unigram_nll, _ = baseline.nll(store, split)  # the same targets as evaluate's
+            domains[store.name].update(unigram_ppl=math.exp(unigram_nll), unigram_nll=unigram_nll)
     macro = math.exp(sum(d["nll"] for d in domains.values()) / len(domains))
+    unigram_macro = (math.exp(sum(d["unigram_nll"] for d in domains.values()) / len(domains))
+                     if baseline is not None else None)
     if json_out:
-        print_json({"domains": domains, "macro_ppl": macro, "split": split, "backend": backend})
+        report = {"domains": domains, "macro_ppl": macro, "split": split, "backend": backend}
+        if baseline is not None:
+            report.update(unigram_macro_ppl=unigram_macro, unigram={"store": str(unigram), "split": "train",
+                                                                    "tokens": baseline.tokens, "smoothing": "add-one"})
+        print_json(report)
         return
     for name, d in domains.items():
-        console.print(f"{name:>30}: perplexity {d['ppl']:10.3f}  (nll {d['nll']:.4f} on {d['tokens']:,} tokens)")
-    console.print(f"{'macro-average':>30}: perplexity {macro:10.3f}")
+        versus = f"  unigram {d['unigram_ppl']:10.3f}" if baseline is not None else ""
+        console.print(f"{name:>30}: perplexity {d['ppl']:10.3f}{versus}  (nll {d['nll']:.4f} on {d['tokens']:,} tokens)")
+    versus = f"  unigram {unigram_macro:10.3f}" if baseline is not None else ""
+    console.print(f"{'macro-average':>30}: perplexity {macro:10.3f}{versus}")
+    if baseline is not None:
+        console.print(f"(unigram: add-one smoothed, fit on {baseline.tokens:,} train tokens of {unigram})")

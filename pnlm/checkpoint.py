@@ -32,6 +32,9 @@ MANIFEST_FILE = "manifest.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 CORE_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE}
+ADAPTER_FORMAT = "pnlm-adapter"
+ADAPTER_FILE = "adapters.safetensors"
+KINDS = {FORMAT: CORE_FILES, ADAPTER_FORMAT: {CONFIG_FILE, ADAPTER_FILE, TOKENIZER_FILE}}
 OPTIONAL_FILES = {OPTIMIZER_FILE, TRAINER_FILE}
 MAX_JSON_BYTES = 1 << 20
 
@@ -45,7 +48,7 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(data, indent=2) + "\n")
         f.flush()
@@ -69,24 +72,37 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.nda
     with atomic_dir(path) as tmp:
         config = {"format": FORMAT, "version": VERSION, "method": method, "spec": spec.to_dict(),
                   "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256}, **(extra or {})}
-        _write_json(tmp / CONFIG_FILE, config)
+        write_json(tmp / CONFIG_FILE, config)
         save_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         shutil.copyfile(tokenizer.path, tmp / TOKENIZER_FILE)
         names = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE]
-        if optimizer_state is not None:
-            save_safetensors({k: v for k, v in optimizer_state.items() if k != "step"}, tmp / OPTIMIZER_FILE)
-            names.append(OPTIMIZER_FILE)
-        if trainer_state is not None:
-            _write_json(tmp / TRAINER_FILE, trainer_state)
-            names.append(TRAINER_FILE)
-        files = {name: file_sha256(tmp / name) for name in names}
-        if files[TOKENIZER_FILE] != tokenizer.sha256:
-            raise CheckpointError(f"{tokenizer.path}: changed on disk while saving")
-        _write_json(tmp / MANIFEST_FILE, {"format": FORMAT, "version": VERSION, "sha256": files})
+        names += write_training_state(tmp, optimizer_state, trainer_state)
+        write_manifest(tmp, names, tokenizer, FORMAT)
     return path
 
 
-def _read_json(path: Path) -> dict:
+def write_training_state(folder: Path, optimizer_state: dict[str, np.ndarray] | None,
+                         trainer_state: dict[str, Any] | None) -> list[str]:
+    """What makes a folder resumable; returns the names of the files written."""
+    names = []
+    if optimizer_state is not None:
+        save_safetensors({k: v for k, v in optimizer_state.items() if k != "step"}, folder / OPTIMIZER_FILE)
+        names.append(OPTIMIZER_FILE)
+    if trainer_state is not None:
+        write_json(folder / TRAINER_FILE, trainer_state)
+        names.append(TRAINER_FILE)
+    return names
+
+
+def write_manifest(folder: Path, names: list[str], tokenizer: Tokenizer, kind: str) -> None:
+    """Last file of a save: the sha256 of every other one."""
+    files = {name: file_sha256(folder / name) for name in names}
+    if files[TOKENIZER_FILE] != tokenizer.sha256:
+        raise CheckpointError(f"{tokenizer.path}: changed on disk while saving")
+    write_json(folder / MANIFEST_FILE, {"format": kind, "version": VERSION, "sha256": files})
+
+
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; not a complete pnlm checkpoint")
     if path.stat().st_size > MAX_JSON_BYTES:
@@ -100,30 +116,45 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def verify_checkpoint(path: str | Path) -> dict:
+def checkpoint_kind(path: str | Path) -> str:
+    """The format a folder's manifest declares: "pnlm-checkpoint", "pnlm-adapter" (LoRA), or a clear error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    kind = read_json(path / MANIFEST_FILE).get("format")
+    if kind not in KINDS:
+        raise CheckpointError(f"{path / MANIFEST_FILE}: unknown format {kind!r}; expected {' or '.join(KINDS)}")
+    return kind
+
+
+def verify_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
     """Check the manifest's sha256 of every file; return the parsed config.json."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
-    manifest = _read_json(path / MANIFEST_FILE)
+    manifest = read_json(path / MANIFEST_FILE)
     hashes = manifest.get("sha256")
-    if (manifest.get("format") != FORMAT or not isinstance(hashes, dict) or not CORE_FILES <= set(hashes)
-            or not set(hashes) <= CORE_FILES | OPTIONAL_FILES):
-        raise CheckpointError(f"{path / MANIFEST_FILE}: not a pnlm manifest (format {FORMAT!r} with the sha256 of "
-                              f"{CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE})")
+    core = KINDS.get(kind, CORE_FILES)
+    if manifest.get("format") == ADAPTER_FORMAT and kind == FORMAT:
+        raise CheckpointError(f"{path}: holds LoRA adapters, not a whole model; load it with pnlm.load "
+                              f"or make a plain checkpoint with `pnlm fuse {path} --out DIR`")
+    if (manifest.get("format") != kind or not isinstance(hashes, dict) or not core <= set(hashes)
+            or not set(hashes) <= core | OPTIONAL_FILES):
+        raise CheckpointError(f"{path / MANIFEST_FILE}: not a pnlm manifest (format {kind!r} with the sha256 of "
+                              f"{', '.join(sorted(core))})")
     for name, expected in hashes.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
         if file_sha256(file) != expected:
             raise CheckpointError(f"{file}: sha256 does not match the manifest; the file is corrupted or was changed")
-    return _read_json(path / CONFIG_FILE)
+    return read_json(path / CONFIG_FILE)
 
 
 def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
     path = Path(path)
     config = verify_checkpoint(path) if config is None else config
-    if config.get("format") != FORMAT or config.get("version") != VERSION:
+    if config.get("format") not in KINDS or config.get("version") != VERSION:
         raise CheckpointError(f"{path / CONFIG_FILE}: expected format {FORMAT!r} version {VERSION}")
     try:
         return ModelSpec.from_dict(config.get("spec"), source=str(path / CONFIG_FILE))
@@ -146,11 +177,35 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def load_resumable(path: str | Path) -> tuple[Checkpoint, dict[str, np.ndarray], dict[str, Any]]:
     """A resumable checkpoint, verified once: the checkpoint, its optimizer state (with the step) and its trainer state."""
-    path = Path(path)
     checkpoint = load_checkpoint(path)
+    return (checkpoint, *read_training_state(path))
+
+
+def read_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The optimizer state (with the step) and the trainer state of a verified resumable folder."""
+    path = Path(path)
     if not (path / OPTIMIZER_FILE).is_file() or not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{path}: holds no optimizer and trainer state; it cannot be resumed")
-    trainer = _read_json(path / TRAINER_FILE)
+    trainer = read_json(path / TRAINER_FILE)
     optimizer = load_safetensors(path / OPTIMIZER_FILE)
     optimizer["step"] = np.array(int(trainer["step"]), dtype=np.int64)
-    return checkpoint, optimizer, trainer
+    return optimizer, trainer
+
+
+class ModelWriter:
+    """How a training run saves and restores a whole model (pnlm/loop.py): checkpoint folders."""
+
+    lora = None
+
+    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str) -> None:
+        self.spec, self.tokenizer, self.method = spec, tokenizer, method
+
+    def save(self, path: Path, model: Any, optimizer_state: dict[str, np.ndarray] | None,
+             trainer_state: dict[str, Any]) -> None:
+        save_checkpoint(path, self.spec, model.canonical_weights(), self.tokenizer, self.method,
+                        optimizer_state=optimizer_state, trainer_state=trainer_state)
+
+    def restore(self, path: Path, model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        checkpoint, optimizer_state, trainer = load_resumable(path)
+        model.load_canonical(checkpoint.weights)
+        return optimizer_state, trainer

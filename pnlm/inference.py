@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pnlm.errors import PnlmError
+from pnlm.lora import LoraSpec, fuse
 from pnlm.sampling import Sampler, SamplingConfig
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
@@ -31,13 +32,45 @@ class GenerationStats:
         return self.generated_tokens / self.generate_s if self.generate_s > 0 else 0.0
 
 
+@dataclass
+class Adapters:
+    lora: LoraSpec
+    weights: dict[str, np.ndarray]
+
+
+@dataclass
+class LoadedModel:
+    """What a backend builds an inference model from: a checkpoint folder, or an adapter folder and its base."""
+
+    spec: ModelSpec
+    weights: dict[str, np.ndarray]
+    tokenizer: Tokenizer
+    method: str
+    adapters: Adapters | None = None
+
+
+def read_model(path: str | Path) -> LoadedModel:
+    from pnlm.adapter_checkpoint import load_adapter_checkpoint
+    from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint
+
+    if checkpoint_kind(path) == ADAPTER_FORMAT:
+        adapter = load_adapter_checkpoint(path)
+        base = adapter.base
+        return LoadedModel(base.spec, base.weights, base.tokenizer, adapter.method,
+                           Adapters(adapter.lora, adapter.adapters))
+    checkpoint = load_checkpoint(path)
+    return LoadedModel(checkpoint.spec, checkpoint.weights, checkpoint.tokenizer, checkpoint.method)
+
+
 class InferenceModel(abc.ABC):
     backend: str
 
-    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str = "slm") -> None:
+    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str = "slm",
+                 adapters: "Adapters | None" = None) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
         self.method = method
+        self.adapters = adapters
         self.last_stats = GenerationStats()
 
     # What a backend provides.
@@ -115,4 +148,7 @@ class InferenceModel(abc.ABC):
     def save(self, path: str | Path, method: str | None = None) -> Path:
         from pnlm.checkpoint import save_checkpoint
 
-        return save_checkpoint(path, self.spec, self.canonical_weights(), self.tokenizer, method or self.method)
+        weights = self.canonical_weights()
+        if self.adapters is not None:  # a plain checkpoint holds base and adapters fused
+            weights = fuse(weights, self.adapters.weights, self.spec, self.adapters.lora)
+        return save_checkpoint(path, self.spec, weights, self.tokenizer, method or self.method)

@@ -1,16 +1,17 @@
 """The training loop, written once for every backend: schedule, evaluation, early stopping, checkpoints,
 exact resume, metrics.
 
-A backend supplies a train step (see backends/*/train_step.py) with `__call__(inputs, targets, mask)`,
-`nll(...)`, `set_lr`, `optimizer_state()`, `load_optimizer_state()`, `is_main` (the process that
-writes, under data parallelism) and a `model` with `canonical_weights()` and `load_canonical()`.
-Everything else is here.
+A backend supplies a train step (see backends/*/train_step.py) with `__call__(inputs, targets, mask,
+micro_batches)`, `nll(...)`, `set_lr`, `optimizer_state()`, `load_optimizer_state()`, `is_main` (the
+process that writes, under data parallelism), `devices`, `device_name`, `precision`, and a `model`.
+What is saved (a whole checkpoint, or LoRA adapters beside the base) is the writer's business
+(pnlm.checkpoint.ModelWriter, pnlm.adapter_checkpoint.AdapterWriter). Everything else is here.
 
     RUN/
       latest/        checkpoint with optimizer and trainer state: what --resume continues from
       best/          the weights with the lowest validation loss so far (when evaluating)
       metrics.jsonl  one JSON object per log step: step, loss, lr, tokens, tokens_per_s, elapsed_s
-                     (and val_loss, val_ppl at evaluations)
+                                      flops, device_hours, mfu (cost, pnlm/cost.py), and val_loss, val_ppl at evaluations
 
 The data order is a function of the step alone (a seeded permutation per epoch over the train
 windows), so resuming at step s feeds exactly the batches an uninterrupted run would have fed.
@@ -29,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.checkpoint import load_resumable, save_checkpoint
+from pnlm.checkpoint import ModelWriter
+from pnlm.cost import cost_record, train_flops_per_token
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.schedule import learning_rate
@@ -39,12 +41,14 @@ from pnlm.tokenizer import Tokenizer
 LATEST = "latest"
 BEST = "best"
 METRICS = "metrics.jsonl"
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int
     batch_size: int = 8
+    micro_batches: int = 1       # gradient accumulation: the batch is computed in this many slices
     optimizer: OptimizerSpec = OptimizerSpec()
     warmup_steps: int = 0
     cosine: bool = True
@@ -59,6 +63,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.steps < 1 or self.batch_size < 1:
             raise PnlmError(f"steps and batch size must be at least 1, got {self.steps} and {self.batch_size}")
+        if not 1 <= self.micro_batches <= self.batch_size:
+            raise PnlmError(f"gradient accumulation needs 1 to {self.batch_size} (the batch size) micro-batches, "
+                            f"got {self.micro_batches}")
         if self.patience and not self.eval_every:
             raise PnlmError("early stopping (patience) needs evaluations: set eval_every")
         return self
@@ -72,6 +79,9 @@ class TrainResult:
     final_loss: float
     tokens: int
     seconds: float
+    flops: float = 0.0
+    device_hours: float = 0.0
+    mfu: float | None = None
 
 
 def batch_indices(step: int, batch_size: int, windows: int, seed: int) -> np.ndarray:
@@ -84,6 +94,13 @@ def batch_indices(step: int, batch_size: int, windows: int, seed: int) -> np.nda
         order = np.random.default_rng([seed, epoch]).permutation(windows)
         out.extend(order[offset:offset + batch_size - len(out)].tolist())
     return np.array(out, dtype=np.int64)
+
+
+def micro_batch_rows(rows: int, micro_batches: int) -> list[np.ndarray]:
+    """The rows of each slice of a batch under gradient accumulation (contiguous, as even as possible)."""
+    if not 1 <= micro_batches <= rows:
+        raise PnlmError(f"cannot split {rows} rows into {micro_batches} micro-batches")
+    return np.array_split(np.arange(rows), micro_batches)
 
 
 def shifted(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,9 +124,11 @@ def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_b
 
 def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
           run_dir: str | Path, resume: bool = False, method: str = "slm",
-          on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_log: Callable[[dict[str, Any]], None] | None = None, writer: Any = None) -> TrainResult:
     """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl."""
     config.validate()
+    writer = writer or ModelWriter(spec, tokenizer, method)
+    flops_per_token = train_flops_per_token(spec, store.context, writer.lora)
     run_dir = Path(run_dir)
     main = step_fn.is_main  # under data parallelism only one process writes
     if main:
@@ -120,10 +139,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
     if resume:
-        checkpoint, optimizer_state, trainer = load_resumable(run_dir / LATEST)
+        optimizer_state, trainer = writer.restore(run_dir / LATEST, step_fn.model)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
-        step_fn.model.load_canonical(checkpoint.weights)
         step_fn.load_optimizer_state(optimizer_state)
         state.update({k: trainer[k] for k in state})
         if main:
@@ -137,9 +155,11 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         if not main:
             return
         trainer = {**state, "config": _config_json(config)}
-        save_checkpoint(run_dir / folder, spec, step_fn.model.canonical_weights(), tokenizer, method,
-                        optimizer_state=step_fn.optimizer_state() if with_state else None,
-                        trainer_state=trainer)
+        writer.save(run_dir / folder, step_fn.model, step_fn.optimizer_state() if with_state else None, trainer)
+
+    def costs() -> dict[str, float | None]:
+        return cost_record(state["tokens"], state["elapsed_s"], flops_per_token, step_fn.devices,
+                           step_fn.device_name, step_fn.precision)
 
     start = time.perf_counter() - state["elapsed_s"]
     stopped_early, loss = False, math.nan
@@ -151,14 +171,15 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
             step_fn.set_lr(lr)
             tokens, lengths = store.batch("train", batch_indices(step, config.batch_size, windows, config.seed))
             inputs, targets, mask = shifted(tokens, lengths)
-            loss = step_fn(inputs, targets, mask)
+            loss = step_fn(inputs, targets, mask, micro_batches=config.micro_batches)
             if not math.isfinite(loss):
                 raise PnlmError(f"loss is {loss} at step {step + 1}; the last good checkpoint is {run_dir / LATEST}")
             state["step"] = step + 1
             state["tokens"] += int(mask.sum())
             state["elapsed_s"] = time.perf_counter() - start
             record = {"step": state["step"], "loss": loss, "lr": lr, "tokens": state["tokens"],
-                      "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"]}
+                      "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"],
+                      **costs()}
             if evaluating and state["step"] % config.eval_every == 0:
                 val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches)
                 record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)))
@@ -178,14 +199,16 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
                 save(LATEST, with_state=True)
             if stopped_early:
                 break
+    cost = costs()
     return TrainResult(state["step"], stopped_early, state["best_val_loss"], loss, state["tokens"],
-                       time.perf_counter() - start)
+                       state["elapsed_s"], cost["flops"], cost["device_hours"], cost["mfu"])
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:
     data = asdict(config)
     data.pop("steps")  # a resumed run may be extended
     data.pop("patience")
+    data.pop("micro_batches")  # the same update in more or fewer slices: free to change on resume
     return data
 
 

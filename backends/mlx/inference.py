@@ -9,8 +9,8 @@ import mlx.core as mx
 import numpy as np
 
 from pnlm import inference
+from pnlm.backends.mlx.lora import apply_lora
 from pnlm.backends.mlx.model import KVCache, Transformer
-from pnlm.checkpoint import load_checkpoint
 from pnlm.errors import BackendError
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
@@ -28,11 +28,13 @@ class InferenceModel(inference.InferenceModel):
     backend = "mlx"
 
     def __init__(self, spec: ModelSpec, weights: dict[str, np.ndarray], tokenizer: Tokenizer,
-                 method: str = "slm", dtype: str = "float32") -> None:
-        super().__init__(spec, tokenizer, method)
+                 method: str = "slm", dtype: str = "float32", adapters: inference.Adapters | None = None) -> None:
+        super().__init__(spec, tokenizer, method, adapters)
         self.dtype = resolve_dtype(dtype)
         self.model = Transformer(spec)
         self.model.load_canonical(weights)
+        if adapters is not None:
+            apply_lora(self.model, adapters.lora, adapters.weights)
         self.model.set_dtype(self.dtype)
         self.model.eval()
         mx.eval(self.model.parameters())
@@ -40,8 +42,8 @@ class InferenceModel(inference.InferenceModel):
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: str = "float32") -> "InferenceModel":
         resolve_dtype(dtype)
-        checkpoint = load_checkpoint(path)
-        return cls(checkpoint.spec, checkpoint.weights, checkpoint.tokenizer, checkpoint.method, dtype)
+        loaded = inference.read_model(path)
+        return cls(loaded.spec, loaded.weights, loaded.tokenizer, loaded.method, dtype, loaded.adapters)
 
     def _forward(self, tokens: np.ndarray) -> np.ndarray:
         logits = self.model(mx.array(tokens.astype(np.int32)))

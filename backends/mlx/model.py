@@ -11,6 +11,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from pnlm.backends.mlx.cpu_ops import masked_softmax, on_cpu, silu
+from pnlm.lora import ADAPTER_SUFFIXES
 from pnlm.spec import ModelSpec
 
 
@@ -144,4 +145,15 @@ class Transformer(nn.Module):
         self.load_weights([(name, mx.array(array)) for name, array in weights.items()], strict=True)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
-        return {name: np.array(value.astype(mx.float32)) for name, value in tree_flatten(self.parameters())}
+        """The model's weights by canonical name (a LoRA model's base weights, without its adapters)."""
+        return {name: np.array(value.astype(mx.float32)) for name, value in tree_flatten(self.parameters())
+                if not name.endswith(ADAPTER_SUFFIXES)}
+
+    def adapter_weights(self) -> dict[str, np.ndarray]:
+        """The LoRA adapters by name (backends/mlx/lora.py); empty without them."""
+        return {name: np.array(value.astype(mx.float32)) for name, value in tree_flatten(self.parameters())
+                if name.endswith(ADAPTER_SUFFIXES)}
+
+    def load_adapters(self, adapters: dict[str, np.ndarray]) -> None:
+        self.load_weights([(name, mx.array(array)) for name, array in adapters.items()], strict=False)
+        mx.eval(self.parameters())

@@ -5,46 +5,86 @@ from __future__ import annotations
 from functools import partial
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from pnlm.backends.mlx.cpu_ops import cross_entropy, token_nll
+from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
+from pnlm.errors import BackendError
+from pnlm.loop import PRECISIONS, micro_batch_rows
 from pnlm.spec import OptimizerSpec
 
 
 class TrainStep:
-    def __init__(self, model: Transformer, optimizer: OptimizerSpec) -> None:
+    """precision "bfloat16" computes the forward and backward passes in bfloat16 from float32 master
+    weights (gradients and AdamW stay float32), as torch's autocast does."""
+
+    def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.model = model
         self.spec = optimizer
+        self.precision = precision
+        compute = mx.bfloat16 if precision == "bfloat16" else None
+        if compute is not None:
+            # Frozen weights (a LoRA base) are only ever read: store them in the compute dtype.
+            frozen = {name for name, _ in tree_flatten(model.parameters())} - {
+                name for name, _ in tree_flatten(model.trainable_parameters())}
+            model.load_weights([(name, value.astype(compute)) for name, value in tree_flatten(model.parameters())
+                                if name in frozen], strict=False)
         self.optimizer = optim.AdamW(learning_rate=optimizer.lr, betas=[optimizer.beta1, optimizer.beta2],
                                      eps=optimizer.eps, weight_decay=optimizer.weight_decay, bias_correction=True)
         self.optimizer.init(model.trainable_parameters())
         state = [model.state, self.optimizer.state]
 
-        def loss_fn(model: Transformer, inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
+        def loss_fn(trainable: dict, inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array) -> mx.array:
+            model.update(tree_map(lambda p: p.astype(compute), trainable) if compute is not None else trainable)
             logits = model(inputs).astype(mx.float32)
-            return cross_entropy(logits, targets, mask)
+            return (token_nll(logits, targets) * mask).sum() / count
 
-        value_and_grad = nn.value_and_grad(model, loss_fn)
+        value_and_grad = mx.value_and_grad(loss_fn)
+
+        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array):
+            master = model.trainable_parameters()
+            loss, grads = value_and_grad(master, inputs, targets, mask, count)
+            model.update(master)  # the float32 weights back in place of the forward's copies
+            return loss, grads
+
+        def apply(grads: dict) -> None:
+            grads, _ = optim.clip_grad_norm(grads, optimizer.clip_norm)
+            self.optimizer.update(model, grads)
 
         @partial(mx.compile, inputs=state, outputs=state)
         def step(inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
-            loss, grads = value_and_grad(model, inputs, targets, mask)
-            grads, _ = optim.clip_grad_norm(grads, optimizer.clip_norm)
-            self.optimizer.update(model, grads)
+            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0))
+            apply(grads)
             return loss
 
         # The weights are an input: a compiled function would otherwise keep the ones it first saw.
-        @partial(mx.compile, inputs=[model.state])
+        @partial(mx.compile, inputs=[model.state], outputs=[model.state])
         def nll_sum(inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
-            return (token_nll(model(inputs).astype(mx.float32), targets) * mask).sum()
+            master = model.trainable_parameters()
+            if compute is not None:
+                model.update(tree_map(lambda p: p.astype(compute), master))
+            total = (token_nll(model(inputs).astype(mx.float32), targets) * mask).sum()
+            model.update(master)
+            return total
 
         self._step = step
+        self._gradients = mx.compile(gradients, inputs=state, outputs=state)
+        self._apply = mx.compile(apply, inputs=state, outputs=state)
         self._nll_sum = nll_sum
+
+    @property
+    def devices(self) -> int:
+        return 1
+
+    @property
+    def device_name(self) -> str:
+        """What the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)."""
+        return "cpu" if on_cpu() else f"mlx-{mx.default_device()}"
 
     @property
     def is_main(self) -> bool:
@@ -54,11 +94,25 @@ class TrainStep:
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 
-    def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> float:
+    def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
+                 micro_batches: int = 1) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
-        (all by default). Return the loss before the update."""
+        (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
+        for the same update with less memory. Return the loss before the update."""
         self.model.train()
-        loss = self._step(*_arrays(inputs, targets, mask))
+        x, y, m = _arrays(inputs, targets, mask)
+        if micro_batches == 1:
+            loss = self._step(x, y, m)
+        else:
+            count = mx.maximum(m.sum(), 1.0)
+            loss, grads = mx.array(0.0), None
+            for rows in micro_batch_rows(len(inputs), micro_batches):
+                rows = mx.array(rows)
+                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count)
+                grads = part_grads if grads is None else tree_map(mx.add, grads, part_grads)
+                loss = loss + part
+                mx.eval(loss, grads)
+            self._apply(grads)
         mx.eval(loss, self.model.state, self.optimizer.state)
         return loss.item()
 
@@ -67,6 +121,7 @@ class TrainStep:
         self.model.eval()
         x, y, m = _arrays(inputs, targets, mask)
         total = self._nll_sum(x, y, m)
+        mx.eval(total, self.model.state)
         return float(total.item()), int(np.asarray(m).sum())
 
     def optimizer_state(self) -> dict[str, np.ndarray]:

@@ -10,29 +10,32 @@ import torch
 
 from pnlm import inference
 from pnlm.backends.torch.device import resolve_device, resolve_dtype
+from pnlm.backends.torch.lora import apply_lora
 from pnlm.backends.torch.model import KVCache, Transformer
-from pnlm.checkpoint import load_checkpoint
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
 
 class InferenceModel(inference.InferenceModel):
     def __init__(self, spec: ModelSpec, weights: dict[str, np.ndarray], tokenizer: Tokenizer,
-                 method: str = "slm", device: str = "cpu", dtype: str = "float32") -> None:
-        super().__init__(spec, tokenizer, method)
+                 method: str = "slm", device: str = "cpu", dtype: str = "float32",
+                 adapters: inference.Adapters | None = None) -> None:
+        super().__init__(spec, tokenizer, method, adapters)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.backend = "cuda" if self.device.type == "cuda" else "torch"
         with torch.device(self.device):
             self.model = Transformer(spec)
         self.model.load_canonical(weights)
+        if adapters is not None:
+            apply_lora(self.model, adapters.lora, adapters.weights)
         self.model.to(self.dtype).eval()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", dtype: str = "float32") -> "InferenceModel":
         resolve_device(device)
-        checkpoint = load_checkpoint(path)
-        return cls(checkpoint.spec, checkpoint.weights, checkpoint.tokenizer, checkpoint.method, device, dtype)
+        loaded = inference.read_model(path)
+        return cls(loaded.spec, loaded.weights, loaded.tokenizer, loaded.method, device, dtype, loaded.adapters)
 
     @torch.inference_mode()
     def _forward(self, tokens: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pnlm.lora import ADAPTER_SUFFIXES
 from pnlm.spec import ModelSpec
 
 
@@ -152,4 +153,17 @@ class Transformer(nn.Module):
         self.load_state_dict(state, strict=True)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
-        return {name: tensor.detach().float().cpu().numpy().copy() for name, tensor in self.state_dict().items()}
+        """The model's weights by canonical name (a LoRA model's base weights, without its adapters)."""
+        return {name: tensor.detach().float().cpu().numpy().copy() for name, tensor in self.state_dict().items()
+                if not name.endswith(ADAPTER_SUFFIXES)}
+
+    def adapter_weights(self) -> dict[str, np.ndarray]:
+        """The LoRA adapters by name (backends/torch/lora.py); empty without them."""
+        return {name: p.detach().float().cpu().numpy().copy() for name, p in self.named_parameters()
+                if name.endswith(ADAPTER_SUFFIXES)}
+
+    def load_adapters(self, adapters: dict[str, np.ndarray]) -> None:
+        parameters = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, array in adapters.items():
+                parameters[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,20 +12,48 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pnlm.backends.torch.distributed import all_reduce_sum, init_distributed, rank_rows
 from pnlm.backends.torch.model import Transformer
+from pnlm.errors import BackendError
+from pnlm.loop import PRECISIONS, micro_batch_rows
 from pnlm.spec import OptimizerSpec
 
 
 class TrainStep:
-    def __init__(self, model: Transformer, optimizer: OptimizerSpec) -> None:
+    """precision "bfloat16" runs the forward and backward under autocast (weights, gradients and AdamW
+    stay float32); compile wraps the model in torch.compile. On CUDA, matrix products may use TF32."""
+
+    def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
+                 compile: bool = False) -> None:
         self.model = model
         self.spec = optimizer
         self.device = next(model.parameters()).device
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.rank, self.world_size = init_distributed(self.device)
         # DDP wraps the model for the forward pass; weights are read from and loaded into the model itself.
-        self.network = DistributedDataParallel(model) if self.world_size > 1 else model
+        self.ddp = DistributedDataParallel(model) if self.world_size > 1 else None
+        self.network = self.ddp or model
+        if compile:
+            self.network = torch.compile(self.network)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=optimizer.lr, betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps,
+            self.parameters, lr=optimizer.lr, betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps,
             weight_decay=optimizer.weight_decay, fused=self.device.type == "cuda")
+
+    @property
+    def device_name(self) -> str:
+        """What the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+    @property
+    def devices(self) -> int:
+        return self.world_size
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -45,31 +75,41 @@ class TrainStep:
         return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
                      for a in (inputs.astype(np.int64), targets.astype(np.int64), mask))
 
-    def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> float:
+    def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
+                 micro_batches: int = 1) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
-        (all by default). Return the loss before the update."""
+        (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
+        for the same update with less memory. Return the loss before the update."""
         self.model.train()
         x, y, m = self._tensors(inputs, targets, mask)
         count = m.sum().clamp(min=1.0)
         if self.world_size > 1:
             rows = torch.from_numpy(rank_rows(len(x), self.rank, self.world_size)).to(self.device)
             x, y, m = x[rows], y[rows], m[rows]
-        nll_sum = (self.token_nll(x, y, self.network) * m).sum()
-        # DDP averages gradients over ranks: scaling by the world size makes that the gradient of the
-        # global batch's mean loss.
-        loss = nll_sum / count * self.world_size
+        slices = micro_batch_rows(len(x), micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.clip_norm)
+        nll_sum = torch.zeros((), device=self.device)
+        for i, rows in enumerate(slices):
+            # DDP averages gradients over ranks once, at the last slice.
+            last = i == len(slices) - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
+            with sync, self._autocast():
+                part = (self.token_nll(x[rows], y[rows], self.network) * m[rows]).sum()
+                # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
+                # the summed gradient is that of the global batch's mean loss.
+                (part / count * self.world_size).backward()
+            nll_sum += part.detach()
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.spec.clip_norm)
         self.optimizer.step()
-        return float(all_reduce_sum(nll_sum.detach()) / count)
+        return float(all_reduce_sum(nll_sum) / count)
 
     @torch.no_grad()
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
         x, y, m = self._tensors(inputs, targets, mask)
-        return float((self.token_nll(x, y) * m).sum()), int(m.sum())
+        with self._autocast():
+            return float((self.token_nll(x, y) * m).sum()), int(m.sum())
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """AdamW's moments under canonical names (NAME.exp_avg, NAME.exp_avg_sq) and the step count."""
