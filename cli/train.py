@@ -80,6 +80,8 @@ def pretrain(
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (the paper: 1e-4)."),
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard weights, gradients and optimizer state "
+                              "over the processes (FSDP) instead of replicating them (DDP)."),
     warmup: int | None = typer.Option(None, "--warmup", help="Warmup steps (default: min(1000, steps/10))."),
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the valid split every N steps (0: never)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
@@ -99,7 +101,7 @@ def pretrain(
                          warmup_steps=min(1000, total // 10) if warmup is None else warmup,
                          eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed).validate()
     step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer,
-                              precision=_precision(precision, backend), compile=compile_model)
+                              precision=_precision(precision, backend), compile=compile_model, fsdp=fsdp)
     _run(step_fn, spec, store.tokenizer(), store, config, out, resume, method, json_out)
 
 

@@ -117,14 +117,18 @@ class AdapterWriter:
     def __init__(self, base_path: str | Path, base: Checkpoint, lora: LoraSpec, method: str) -> None:
         self.base_path, self.base, self.lora, self.method = Path(base_path), base, lora, method
 
-    def save(self, path: Path, model: Any, optimizer_state: dict[str, np.ndarray] | None,
-             trainer_state: dict[str, Any]) -> None:
-        save_adapter_checkpoint(path, self.base_path, self.base, self.lora, model.adapter_weights(), self.method,
-                                optimizer_state=optimizer_state, trainer_state=trainer_state)
+    def save(self, path: Path, step_fn: Any, trainer_state: dict[str, Any], with_state: bool, write: bool) -> None:
+        adapters = step_fn.model.adapter_weights()
+        optimizer_state = step_fn.optimizer_state() if with_state else None
+        if write:
+            save_adapter_checkpoint(path, self.base_path, self.base, self.lora, adapters, self.method,
+                                    optimizer_state=optimizer_state, trainer_state=trainer_state)
 
-    def restore(self, path: Path, model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def restore(self, path: Path, step_fn: Any) -> dict[str, Any]:
+        """Load adapters and optimizer state into step_fn; return the trainer state."""
         checkpoint, optimizer_state, trainer = load_adapter_resumable(path)
         if checkpoint.lora != self.lora:
             raise CheckpointError(f"{path}: holds adapters of other settings ({checkpoint.lora})")
-        model.load_adapters(checkpoint.adapters)
-        return optimizer_state, trainer
+        step_fn.model.load_adapters(checkpoint.adapters)
+        step_fn.load_optimizer_state(optimizer_state)
+        return trainer

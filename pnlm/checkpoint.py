@@ -193,19 +193,26 @@ def read_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
 
 
 class ModelWriter:
-    """How a training run saves and restores a whole model (pnlm/loop.py): checkpoint folders."""
+    """How a training run saves and restores a whole model (pnlm/loop.py): checkpoint folders.
+
+    Every process of a distributed run calls save (gathering sharded weights is collective); only the
+    one with write=True writes."""
 
     lora = None
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str) -> None:
         self.spec, self.tokenizer, self.method = spec, tokenizer, method
 
-    def save(self, path: Path, model: Any, optimizer_state: dict[str, np.ndarray] | None,
-             trainer_state: dict[str, Any]) -> None:
-        save_checkpoint(path, self.spec, model.canonical_weights(), self.tokenizer, self.method,
-                        optimizer_state=optimizer_state, trainer_state=trainer_state)
+    def save(self, path: Path, step_fn: Any, trainer_state: dict[str, Any], with_state: bool, write: bool) -> None:
+        weights = step_fn.canonical_weights()
+        optimizer_state = step_fn.optimizer_state() if with_state else None
+        if write:
+            save_checkpoint(path, self.spec, weights, self.tokenizer, self.method,
+                            optimizer_state=optimizer_state, trainer_state=trainer_state)
 
-    def restore(self, path: Path, model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def restore(self, path: Path, step_fn: Any) -> dict[str, Any]:
+        """Load weights and optimizer state into step_fn; return the trainer state."""
         checkpoint, optimizer_state, trainer = load_resumable(path)
-        model.load_canonical(checkpoint.weights)
-        return optimizer_state, trainer
+        step_fn.load_canonical(checkpoint.weights)
+        step_fn.load_optimizer_state(optimizer_state)
+        return trainer

@@ -2,8 +2,9 @@
 exact resume, metrics.
 
 A backend supplies a train step (see backends/*/train_step.py) with `__call__(inputs, targets, mask,
-micro_batches)`, `nll(...)`, `set_lr`, `optimizer_state()`, `load_optimizer_state()`, `is_main` (the
-process that writes, under data parallelism), `devices`, `device_name`, `precision`, and a `model`.
+micro_batches)`, `nll(...)`, `set_lr`, `canonical_weights()`, `load_canonical()`, `optimizer_state()`,
+`load_optimizer_state()`, `is_main` (the process that writes, under data parallelism), `devices`,
+`device_name`, `precision`, and a `model`.
 What is saved (a whole checkpoint, or LoRA adapters beside the base) is the writer's business
 (pnlm.checkpoint.ModelWriter, pnlm.adapter_checkpoint.AdapterWriter). Everything else is here.
 
@@ -139,10 +140,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
     if resume:
-        optimizer_state, trainer = writer.restore(run_dir / LATEST, step_fn.model)
+        trainer = writer.restore(run_dir / LATEST, step_fn)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
-        step_fn.load_optimizer_state(optimizer_state)
         state.update({k: trainer[k] for k in state})
         if main:
             _truncate_metrics(run_dir / METRICS, state["step"])
@@ -152,10 +152,8 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         (run_dir / METRICS).unlink(missing_ok=True)
 
     def save(folder: str, with_state: bool) -> None:
-        if not main:
-            return
         trainer = {**state, "config": _config_json(config)}
-        writer.save(run_dir / folder, step_fn.model, step_fn.optimizer_state() if with_state else None, trainer)
+        writer.save(run_dir / folder, step_fn, trainer, with_state, write=main)
 
     def costs() -> dict[str, float | None]:
         return cost_record(state["tokens"], state["elapsed_s"], flops_per_token, step_fn.devices,

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this python")
-def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer, sharding):
     store = prepare_store(iter(list(iter_documents(SAMPLE_DATA[:1]))), tokenizer, tmp_path / "store", context=64,
                           valid_fraction=0, test_fraction=0, workers=1)[0]
     common = ["pretrain", "--model", "tiny", "--data", str(store.path), "--backend", "torch", "--steps", "10",
@@ -28,8 +31,9 @@ def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer):
     one = subprocess.run([sys.executable, "-m", "pnlm.cli", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common,
-                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,
+                          "--checkpoint-every", "5", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert json.loads(two.stdout)["steps"] == 10, two.stdout + two.stderr[-2000:]  # one JSON object: only rank 0 reports
 
@@ -43,3 +47,21 @@ def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer):
     # so the final weights agree to a small fraction of the 10 steps' movement (at most 10 * lr = 1e-2).
     a, b = load_checkpoint(tmp_path / "one" / "latest").weights, load_checkpoint(tmp_path / "two" / "latest").weights
     assert max(np.abs(a[n] - b[n]).max() for n in a) < 1e-3
+
+    # Kill -9 the whole torchrun job after its step-5 checkpoint and resume: the same last 5 losses.
+    killed = tmp_path / "killed"
+    job = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,
+                            "--checkpoint-every", "5", "--out", str(killed)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    trainer = killed / "latest" / "trainer.json"
+    while not trainer.exists():
+        assert job.poll() is None, "the job ended before its first checkpoint"
+        time.sleep(0.001)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert json.loads(trainer.read_text())["step"] == 5
+    resumed = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,
+                              "--checkpoint-every", "5", "--out", str(killed), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert np.abs(losses("killed") - losses("two")).max() < 1e-6

@@ -124,6 +124,12 @@ class TrainStep:
         mx.eval(total, self.model.state)
         return float(total.item()), int(np.asarray(m).sum())
 
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return self.model.canonical_weights()
+
+    def load_canonical(self, weights: dict[str, np.ndarray]) -> None:
+        self.model.load_canonical(weights)
+
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """AdamW's moments under canonical names (NAME.exp_avg, NAME.exp_avg_sq) and the step count."""
         state = dict(tree_flatten(self.optimizer.state))

@@ -44,3 +44,52 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP (fully_shard, FSDP2): every block's weights, gradients and AdamW moments are split over the
+    ranks and gathered block by block for the forward and backward passes; the root takes the rest
+    (embeddings, shared with the output layer, and the final norm)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.model.layers:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def _full_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def gather_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) weights on rank 0, on the CPU; {} on the other ranks. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
+def scatter_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load whole weights (every rank holds them) into a sharded model."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, weights, options=_full_options())
+
+
+def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    """AdamW's per-parameter state by canonical name, whole, on rank 0; {} elsewhere. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True)).get("state", {})
+
+
+def scatter_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                            state: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Load whole per-parameter AdamW state (every rank holds it) into the optimizer of a sharded model."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names = {parameter: name for name, parameter in model.named_parameters()}
+    groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [names[p] for p in group["params"]]}
+              for group in optimizer.param_groups]
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_full_options())

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from torch.nn.parallel import DistributedDataParallel
 
-from pnlm.backends.torch.distributed import all_reduce_sum, init_distributed, rank_rows
+from pnlm.backends.torch.distributed import (all_reduce_sum, gather_optimizer_state, gather_weights, init_distributed,
+                                             rank_rows, scatter_optimizer_state, scatter_weights, shard_model)
 from pnlm.backends.torch.model import Transformer
 from pnlm.errors import BackendError
 from pnlm.loop import PRECISIONS, micro_batch_rows
@@ -22,7 +23,7 @@ class TrainStep:
     stay float32); compile wraps the model in torch.compile. On CUDA, matrix products may use TF32."""
 
     def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, fsdp: bool = False) -> None:
         self.model = model
         self.spec = optimizer
         self.device = next(model.parameters()).device
@@ -33,8 +34,14 @@ class TrainStep:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.rank, self.world_size = init_distributed(self.device)
-        # DDP wraps the model for the forward pass; weights are read from and loaded into the model itself.
-        self.ddp = DistributedDataParallel(model) if self.world_size > 1 else None
+        # Under torchrun: FSDP shards the model in place; DDP wraps it for the forward pass, and weights
+        # are read from and loaded into the model itself.
+        self.fsdp = fsdp and self.world_size > 1
+        if self.fsdp:
+            if any(not p.requires_grad for p in model.parameters()):
+                raise BackendError("FSDP here trains every weight; LoRA runs use DDP (leave out --fsdp)")
+            shard_model(model)
+        self.ddp = DistributedDataParallel(model) if self.world_size > 1 and not self.fsdp else None
         self.network = self.ddp or model
         if compile:
             self.network = torch.compile(self.network)
@@ -93,6 +100,8 @@ class TrainStep:
             # DDP averages gradients over ranks once, at the last slice.
             last = i == len(slices) - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(last)
             with sync, self._autocast():
                 part = (self.token_nll(x[rows], y[rows], self.network) * m[rows]).sum()
                 # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
@@ -111,12 +120,28 @@ class TrainStep:
         with self._autocast():
             return float((self.token_nll(x, y) * m).sum()), int(m.sum())
 
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """The whole model's weights by canonical name. Under FSDP every rank must call it; rank 0 gets them."""
+        if self.fsdp:
+            return {name: tensor.float().numpy().copy() for name, tensor in gather_weights(self.model).items()}
+        return self.model.canonical_weights()
+
+    def load_canonical(self, weights: dict[str, np.ndarray]) -> None:
+        if self.fsdp:
+            scatter_weights(self.model, {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in weights.items()})
+        else:
+            self.model.load_canonical(weights)
+
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        """AdamW's moments under canonical names (NAME.exp_avg, NAME.exp_avg_sq) and the step count."""
+        """AdamW's moments under canonical names (NAME.exp_avg, NAME.exp_avg_sq) and the step count.
+        Under FSDP every rank must call it; rank 0 gets the whole state."""
         out: dict[str, np.ndarray] = {}
         step = 0
-        for name, parameter in self.model.named_parameters():
-            state = self.optimizer.state.get(parameter, {})
+        if self.fsdp:
+            states = gather_optimizer_state(self.model, self.optimizer)
+        else:
+            states = {name: self.optimizer.state.get(p, {}) for name, p in self.model.named_parameters()}
+        for name, state in states.items():
             for moment in ("exp_avg", "exp_avg_sq"):
                 if moment in state:
                     out[f"{name}.{moment}"] = state[moment].detach().float().cpu().numpy().copy()
@@ -128,11 +153,19 @@ class TrainStep:
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what optimizer_state() returned, from either backend."""
         step = int(state["step"])
+        # Fused AdamW (CUDA) keeps its step count beside the weights.
+        step_device = self.device if self.optimizer.defaults.get("fused") else "cpu"
+        restored = {}
         for name, parameter in self.model.named_parameters():
             if f"{name}.exp_avg" not in state:
                 continue
-            self.optimizer.state[parameter] = {
-                "step": torch.tensor(float(step)),
-                "exp_avg": torch.from_numpy(state[f"{name}.exp_avg"]).to(parameter),
-                "exp_avg_sq": torch.from_numpy(state[f"{name}.exp_avg_sq"]).to(parameter),
-            }
+            full = {"step": torch.tensor(float(step), device=step_device),
+                    "exp_avg": torch.from_numpy(state[f"{name}.exp_avg"]),
+                    "exp_avg_sq": torch.from_numpy(state[f"{name}.exp_avg_sq"])}
+            if self.fsdp:
+                restored[name] = full
+            else:
+                self.optimizer.state[parameter] = {**full, "exp_avg": full["exp_avg"].to(parameter),
+                                                   "exp_avg_sq": full["exp_avg_sq"].to(parameter)}
+        if self.fsdp:
+            scatter_optimizer_state(self.model, self.optimizer, restored)
