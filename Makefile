@@ -30,19 +30,27 @@ demo: $(STAMP)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	@echo "== 1. train a tokenizer on the sample books shipped in the package"
 	$(BIN)/pnlm data tokenizer $(SAMPLES) --vocab-size 2048 --out $(DEMO)/tokenizer
-	@echo "== 2. initialize a tiny model"
-	$(BIN)/pnlm init --model tiny --tokenizer $(DEMO)/tokenizer --out $(DEMO)/tiny --seed 0
-	$(BIN)/pnlm info $(DEMO)/tiny
-	@echo "== 3. save it from torch, load it in MLX, compare logits and greedy generation"
-	$(BIN)/python examples/torch_to_mlx.py $(DEMO)/tiny $(DEMO)/tiny-from-torch
-	@echo "== 4. generate from the command line with each backend"
-	$(BIN)/pnlm generate $(DEMO)/tiny-from-torch --prompt "It is a truth universally acknowledged" --max-tokens 24 --backend torch
-	$(BIN)/pnlm generate $(DEMO)/tiny-from-torch --prompt "It is a truth universally acknowledged" --max-tokens 24 --backend mlx
-	@echo "== 5. token stores: Austen and Bierce as the generic set, Hamlet as the domain (context 256)"
+	@echo "== 2. token stores: Austen and Bierce as the generic set, Hamlet (by scene) as the domain (context 256)"
 	$(BIN)/pnlm data prepare $(GENERIC_SAMPLES) --tokenizer $(DEMO)/tokenizer --context 256 --out $(DEMO)/generic
-	$(BIN)/pnlm data prepare $(DOMAIN_SAMPLE) --tokenizer $(DEMO)/tokenizer --context 256 --out $(DEMO)/hamlet
-	@echo "== 6. embed the generic windows with MiniLM, k-means them into 4 clusters, see where Hamlet falls"
-	$(BIN)/pnlm data cluster $(DEMO)/generic --tokenizer $(DEMO)/tokenizer --k 4 --out $(DEMO)/clusters
+	$(BIN)/pnlm data prepare $(DOMAIN_SAMPLE) --tokenizer $(DEMO)/tokenizer --context 256 --valid-fraction 0.1 \
+	    --test-fraction 0.1 --out $(DEMO)/hamlet
+	@echo "== 3. pretrain a tiny model on the generic set with PyTorch (about 40 s)"
+	$(BIN)/pnlm pretrain --method slm --model tiny --data $(DEMO)/generic --backend torch --steps 400 --batch-size 8 \
+	    --lr 2e-3 --out $(DEMO)/pretrain
+	@echo "== 4. how well it knows Hamlet before fine-tuning, beside a unigram model of the generic set"
+	$(BIN)/pnlm eval $(DEMO)/pretrain/latest --data $(DEMO)/hamlet --unigram $(DEMO)/generic --backend torch
+	@echo "== 5. fine-tune LoRA adapters on Hamlet with MLX, stopping when validation stops improving"
+	$(BIN)/pnlm finetune $(DEMO)/pretrain/latest --data $(DEMO)/hamlet --backend mlx --lora-rank 16 --lr 2e-3 \
+	    --steps 300 --eval-every 20 --patience 3 --out $(DEMO)/hamlet-lora
+	@echo "== 6. evaluate base + adapters with MLX, fuse them, evaluate the fused model with PyTorch"
+	$(BIN)/pnlm eval $(DEMO)/hamlet-lora/best --data $(DEMO)/hamlet --backend mlx
+	$(BIN)/pnlm fuse $(DEMO)/hamlet-lora/best --out $(DEMO)/hamlet-model
+	$(BIN)/pnlm eval $(DEMO)/hamlet-model --data $(DEMO)/hamlet --backend torch
+	@echo "== 7. the fused model in torch and in MLX: same logits, same greedy text"
+	$(BIN)/python examples/torch_to_mlx.py $(DEMO)/hamlet-model $(DEMO)/hamlet-model-from-torch
+	$(BIN)/pnlm generate $(DEMO)/hamlet-model --prompt "HAMLET" --max-tokens 40 --backend mlx
+	@echo "== 8. embed the generic windows with MiniLM, k-means them into 4 clusters, see where Hamlet falls"
+	$(BIN)/pnlm data cluster $(DEMO)/generic --k 4 --out $(DEMO)/clusters
 	$(BIN)/pnlm data assign $(DEMO)/hamlet --clusters $(DEMO)/clusters --split train
 	@echo "== demo finished: outputs in $(DEMO)/"
 
@@ -52,6 +60,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p .bench
 	$(BIN)/python bench/train_step.py --json .bench/train_step.json
+	$(BIN)/python bench/train_throughput.py --json .bench/train_throughput.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .bench .pytest_cache
