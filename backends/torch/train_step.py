@@ -73,7 +73,7 @@ class TrainStep:
 
     def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None
                   ) -> torch.Tensor:
-        logits = (network or self.model)(inputs)
+        logits = (self.model if network is None else network)(inputs)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
                                reduction="none").view(targets.shape)
 
