@@ -25,10 +25,11 @@ def load_inference_model(path, backend: str, dtype: str = "float32"):
 
 
 def make_train_step(backend: str, spec, weights, optimizer, precision: str = "float32", lora=None, adapters=None,
-                    compile: bool = False, fsdp: bool = False):
+                    compile: bool = False, fsdp: bool = False, distributed: bool = True):
     """A backend's model, loaded with canonical weights (and LoRA adapters when lora is given: then only
     the adapters train), and its train step (see pnlm/loop.py). compile: torch.compile (torch only;
-    MLX's step is always compiled); fsdp: shard the model under torchrun (torch only)."""
+    MLX's step is always compiled); fsdp: shard the model under torchrun (torch only); distributed=False:
+    train alone even under torchrun (a mixture's experts)."""
     if backend in ("torch", "cuda"):
         try:
             import torch
@@ -42,7 +43,7 @@ def make_train_step(backend: str, spec, weights, optimizer, precision: str = "fl
             raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
         with torch.device(local_device(resolve_device("cuda" if backend == "cuda" else "cpu"))):
             model = Transformer(spec)
-        options = {"compile": compile, "fsdp": fsdp}
+        options = {"compile": compile, "fsdp": fsdp, "distributed": distributed}
     elif backend == "mlx":
         try:
             from pnlm.backends.mlx.lora import apply_lora

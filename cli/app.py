@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from pnlm.cli import cluster, data, generate, info, init, train
+from pnlm.cli import cluster, data, generate, info, init, instantiate, pretrain, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 
@@ -19,7 +19,8 @@ app.add_typer(data.app, name="data")
 app.command("init")(init.init)
 app.command("info")(info.info)
 app.command("generate")(generate.generate)
-app.command("pretrain")(train.pretrain)
+app.command("pretrain")(pretrain.pretrain)
+app.command("instantiate")(instantiate.instantiate)
 app.command("finetune")(train.finetune)
 app.command("eval")(train.eval_command)
 app.command("fuse")(train.fuse_command)

@@ -1,4 +1,5 @@
-"""`pnlm pretrain`, `pnlm finetune`, `pnlm eval`: the loop of pnlm/loop.py on a chosen backend."""
+"""`pnlm finetune`, `pnlm eval`, `pnlm fuse`, and what every training command shares: the loop of
+pnlm/loop.py on a chosen backend, its progress and summary."""
 
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.loop import BEST, LATEST, TrainConfig, evaluate, train
 from pnlm.lora import LoraSpec, init_adapters
-from pnlm.spec import OptimizerSpec, load_spec
+from pnlm.spec import OptimizerSpec
 from pnlm.weights import init_weights
 
 BACKEND_HELP = "torch (CPU), cuda (NVIDIA GPU) or mlx."
 PRECISION_HELP = ("float32, or bfloat16 compute over float32 weights and optimizer (autocast). "
                   "Default: bfloat16 on cuda, float32 elsewhere (MLX on a CPU has no bfloat16 BLAS: ~18x slower).")
-PRETRAIN_METHODS = ("slm", "llm")
 
 
 def _steps(steps: int | None, tokens: int | None, batch_size: int, context: int) -> int:
@@ -44,9 +44,10 @@ def _finetune_lr(lr: float | None, lora_rank: int) -> float:
     return 1e-4 if lora_rank else 1e-4 / 3
 
 
-def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None) -> None:
+def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None, sampler=None) -> None:
     if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
-        train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer)
+        train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer,
+              sampler=sampler)
         return
     with RateCounter("training", "steps") as counter:
         def log(record: dict) -> None:
@@ -56,7 +57,7 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
             counter.update(record["step"], extra)
 
         result = train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, on_log=log,
-                       writer=writer)
+                       writer=writer, sampler=sampler)
     summary = {"out": str(out), "steps": result.steps, "stopped_early": result.stopped_early,
                "final_loss": result.final_loss, "best_val_loss": result.best_val_loss, "tokens": result.tokens,
                "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
@@ -72,45 +73,6 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
                   f"device-hours{mfu}); final loss {result.final_loss:.4f}{best}; "
                   f"resumable checkpoint in {Path(out) / LATEST}"
                   + ("; stopped early" if result.stopped_early else ""))
-
-
-def pretrain(
-    method: str = typer.Option("slm", "--method", help="slm or llm (a small or a large model on the generic set)."),
-    model: str = typer.Option(..., "--model", help="A preset (tiny, slm-126m, llm-771m) or a spec.toml."),
-    data: Path = typer.Option(..., "--data", help="Token store from `pnlm data prepare` (its train split)."),
-    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
-    out: Path = typer.Option(..., "--out", help="RUN folder: latest/, best/, metrics.jsonl."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
-    tokens: int | None = typer.Option(None, "--tokens", help="Or a token budget, turned into steps."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Compute each step's batch in this many slices "
-                                   "(gradient accumulation): the same update, less memory."),
-    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (the paper: 1e-4)."),
-    precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
-    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard weights, gradients and optimizer state "
-                              "over the processes (FSDP) instead of replicating them (DDP)."),
-    warmup: int | None = typer.Option(None, "--warmup", help="Warmup steps (default: min(1000, steps/10))."),
-    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the valid split every N steps (0: never)."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and of the data order."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
-) -> None:
-    """Pretrain a model from scratch on a token store (AdamW, warmup + cosine decay, clipping)."""
-    if method not in PRETRAIN_METHODS:
-        raise PnlmError(f"--method {method!r}: this version pretrains {' and '.join(PRETRAIN_METHODS)}")
-    store = TokenStore(data)
-    spec = load_spec(model).with_vocab(store.vocab_size)
-    if store.context > spec.context:
-        raise PnlmError(f"{data}: windows of {store.context} tokens exceed the model's context of {spec.context}")
-    total = _steps(steps, tokens, batch_size, store.context)
-    config = TrainConfig(steps=total, batch_size=batch_size, micro_batches=grad_accum, optimizer=OptimizerSpec(lr=lr),
-                         warmup_steps=min(1000, total // 10) if warmup is None else warmup,
-                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed).validate()
-    step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer,
-                              precision=_precision(precision, backend), compile=compile_model, fsdp=fsdp)
-    _run(step_fn, spec, store.tokenizer(), store, config, out, resume, method, json_out)
 
 
 def finetune(

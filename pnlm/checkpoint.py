@@ -200,14 +200,14 @@ class ModelWriter:
 
     lora = None
 
-    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str) -> None:
-        self.spec, self.tokenizer, self.method = spec, tokenizer, method
+    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer, method: str, extra: dict[str, Any] | None = None) -> None:
+        self.spec, self.tokenizer, self.method, self.extra = spec, tokenizer, method, extra
 
     def save(self, path: Path, step_fn: Any, trainer_state: dict[str, Any], with_state: bool, write: bool) -> None:
         weights = step_fn.canonical_weights()
         optimizer_state = step_fn.optimizer_state() if with_state else None
         if write:
-            save_checkpoint(path, self.spec, weights, self.tokenizer, self.method,
+            save_checkpoint(path, self.spec, weights, self.tokenizer, self.method, extra=self.extra,
                             optimizer_state=optimizer_state, trainer_state=trainer_state)
 
     def restore(self, path: Path, step_fn: Any) -> dict[str, Any]:

@@ -14,8 +14,8 @@ What is saved (a whole checkpoint, or LoRA adapters beside the base) is the writ
       metrics.jsonl  one JSON object per log step: step, loss, lr, tokens, tokens_per_s, elapsed_s
                                       flops, device_hours, mfu (cost, pnlm/cost.py), and val_loss, val_ppl at evaluations
 
-The data order is a function of the step alone (a seeded permutation per epoch over the train
-windows), so resuming at step s feeds exactly the batches an uninterrupted run would have fed.
+The data order is a function of the step alone (pnlm/data/samplers.py), so resuming at step s feeds
+exactly the batches an uninterrupted run would have fed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 
 from pnlm.checkpoint import ModelWriter
 from pnlm.cost import cost_record, train_flops_per_token
+from pnlm.data.samplers import UniformSampler, ordered_groups
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.schedule import learning_rate
@@ -85,18 +86,6 @@ class TrainResult:
     mfu: float | None = None
 
 
-def batch_indices(step: int, batch_size: int, windows: int, seed: int) -> np.ndarray:
-    """The train windows of a step: positions step*B .. step*B+B-1 of an endless sequence of
-    per-epoch permutations, each seeded by (seed, epoch)."""
-    first = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(first + len(out), windows)
-        order = np.random.default_rng([seed, epoch]).permutation(windows)
-        out.extend(order[offset:offset + batch_size - len(out)].tolist())
-    return np.array(out, dtype=np.int64)
-
-
 def micro_batch_rows(rows: int, micro_batches: int) -> list[np.ndarray]:
     """The rows of each slice of a batch under gradient accumulation (contiguous, as even as possible)."""
     if not 1 <= micro_batches <= rows:
@@ -110,13 +99,16 @@ def shifted(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
     return tokens[:, :-1], tokens[:, 1:], mask
 
 
-def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_batches: int = 0) -> tuple[float, int]:
-    """Mean NLL per target token over a split (or its first max_batches batches), and the token count."""
+def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_batches: int = 0,
+             sampler: Any = None) -> tuple[float, int]:
+    """Mean NLL per target token over a split (or its first max_batches batches), and the token count.
+    The sampler groups the windows (by expert for a projected network); by default in order."""
+    groups = sampler.eval_groups(split, batch_size) if sampler else ordered_groups(store, split, batch_size)
     total, count = 0.0, 0
-    for n, (tokens, lengths) in enumerate(store.iter_batches(split, batch_size, shuffle=False)):
+    for n, (indices, expert) in enumerate(groups):
         if max_batches and n >= max_batches:
             break
-        nll, tokens_counted = step_fn.nll(*shifted(tokens, lengths))
+        nll, tokens_counted = step_fn.nll(*shifted(*store.batch(split, indices)), expert=expert)
         total, count = total + nll, count + tokens_counted
     if not count:
         raise PnlmError(f"{store.path}: the {split} split has no tokens to evaluate on")
@@ -125,18 +117,18 @@ def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_b
 
 def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
           run_dir: str | Path, resume: bool = False, method: str = "slm",
-          on_log: Callable[[dict[str, Any]], None] | None = None, writer: Any = None) -> TrainResult:
-    """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl."""
+          on_log: Callable[[dict[str, Any]], None] | None = None, writer: Any = None,
+          sampler: Any = None) -> TrainResult:
+    """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl.
+    The sampler picks each step's windows (pnlm/data/samplers.py; uniform by default)."""
     config.validate()
     writer = writer or ModelWriter(spec, tokenizer, method)
+    sampler = sampler or UniformSampler(store, config.batch_size, config.seed)
     flops_per_token = train_flops_per_token(spec, store.context, writer.lora)
     run_dir = Path(run_dir)
     main = step_fn.is_main  # under data parallelism only one process writes
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    windows = store.num_windows("train")
-    if not windows:
-        raise PnlmError(f"{store.path}: the train split has no windows")
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
     if resume:
@@ -167,9 +159,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
             lr = learning_rate(step, config.optimizer.lr, config.warmup_steps, config.steps,
                                config.min_lr_ratio, config.cosine)
             step_fn.set_lr(lr)
-            tokens, lengths = store.batch("train", batch_indices(step, config.batch_size, windows, config.seed))
-            inputs, targets, mask = shifted(tokens, lengths)
-            loss = step_fn(inputs, targets, mask, micro_batches=config.micro_batches)
+            indices, expert = sampler.train_batch(step)
+            inputs, targets, mask = shifted(*store.batch("train", indices))
+            loss = step_fn(inputs, targets, mask, micro_batches=config.micro_batches, expert=expert)
             if not math.isfinite(loss):
                 raise PnlmError(f"loss is {loss} at step {step + 1}; the last good checkpoint is {run_dir / LATEST}")
             state["step"] = step + 1
@@ -179,7 +171,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
                       "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"],
                       **costs()}
             if evaluating and state["step"] % config.eval_every == 0:
-                val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches)
+                val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches, sampler)
                 record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)))
                 if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
                     state["best_val_loss"], state["evals_since_best"] = val_loss, 0

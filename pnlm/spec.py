@@ -117,6 +117,13 @@ class ModelSpec:
         expert_embedding = self.projection.k * self.projection.m
         return self.n_layers * per_layer + embeddings + self.d_model + expert_embedding
 
+    def with_projection(self, projection: Projection | None) -> "ModelSpec":
+        return dataclasses.replace(self, projection=projection).validate()
+
+    def plain(self) -> "ModelSpec":
+        """The spec of one instantiated expert: the same model without the projection."""
+        return dataclasses.replace(self, projection=None)
+
     def with_vocab(self, vocab_size: int) -> "ModelSpec":
         return dataclasses.replace(self, vocab_size=vocab_size).validate()
 
@@ -184,6 +191,11 @@ PRESETS: dict[str, ModelSpec] = {
     "llm-771m": ModelSpec(vocab_size=32000, d_model=2816, n_layers=7, n_heads=22, n_kv_heads=22,
                           d_ff=7744, context=1024),
 }
+# Projected networks: the paper publishes k=32 and 1,422M pretraining parameters for SLM-126M-sized
+# experts, not h and m. With SwiGLU MLPs (63.3M of slm-126m's weights), h=21 basis tensors per matrix
+# give 1,391.6M (-2.1%); m=16 lets the 32 experts share a 16-dimensional embedding (docs/projected.md).
+PRESETS["pn-126m"] = dataclasses.replace(PRESETS["slm-126m"], projection=Projection(h=21, k=32, m=16))
+PRESETS["pn-tiny"] = dataclasses.replace(PRESETS["tiny"], projection=Projection(h=4, k=4, m=4))
 
 
 def load_spec(name_or_path: str | Path) -> ModelSpec:

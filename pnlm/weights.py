@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pnlm.errors import CheckpointError, SpecError
+from pnlm.errors import CheckpointError
 from pnlm.spec import ModelSpec
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -22,10 +22,14 @@ _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2
 
 
 def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a plain (non-projected) model, by canonical name, with its shape."""
+    """Every tensor of the model, by canonical name, with its shape. A projected network has, in place
+    of each MLP matrix's `.weight`, its `.basis` and `.mix`, and one `model.expert_embedding` (pnlm/projection.py)."""
     if spec.projection is not None:
-        raise SpecError("this version of pnlm cannot yet build projected networks (a spec with [projection]): "
-                        "use a spec without it")
+        from pnlm.projection import projected_matrices, projection_shapes
+
+        shared = {name: shape for name, shape in canonical_shapes(spec.plain()).items()
+                  if name.removesuffix(".weight") not in projected_matrices(spec)}
+        return {**shared, **projection_shapes(spec)}
     d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, d)}
     for i in range(spec.n_layers):
@@ -53,13 +57,22 @@ def init_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """
     rng = np.random.default_rng(seed)
     residual_std = 0.02 / np.sqrt(2 * spec.n_layers)
+
+    def std(name: str) -> float:
+        return residual_std if name.endswith(("o_proj.weight", "down_proj.weight", "down_proj")) else 0.02
+
     weights = {}
-    for name, shape in canonical_shapes(spec).items():
+    for name, shape in canonical_shapes(spec.plain()).items():
+        if spec.projection is not None and ".mlp." in name:
+            continue  # a projected network's MLP weights come from init_projection, below
         if name.endswith("norm.weight"):
             weights[name] = np.ones(shape, dtype=np.float32)
         else:
-            std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
-            weights[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+            weights[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std(name)))
+    if spec.projection is not None:
+        from pnlm.projection import init_projection, projected_matrices
+
+        weights.update(init_projection(spec, rng, {prefix: std(prefix) for prefix in projected_matrices(spec)}))
     return weights
 
 

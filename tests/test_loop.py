@@ -13,7 +13,7 @@ from conftest import SAMPLE_DATA
 from pnlm.checkpoint import load_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
-from pnlm.loop import batch_indices
+from pnlm.data.samplers import batch_indices
 
 
 def pnlm_cli(*args, **kwargs):

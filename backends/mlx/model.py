@@ -94,8 +94,36 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
         self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, expert_vector: mx.array | None = None) -> mx.array:
         return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ProjectedLinear(nn.Module):
+    """A weight matrix W = Σ_r (e @ M)[r] T[r] formed for an expert vector e (pnlm/projection.py)."""
+
+    def __init__(self, in_features: int, out_features: int, spec: ModelSpec) -> None:
+        super().__init__()
+        p = spec.projection
+        self.basis = mx.zeros((p.h, out_features, in_features))
+        self.mix = mx.zeros((p.m, p.h))
+
+    def weight(self, expert_vector: mx.array) -> mx.array:
+        return mx.tensordot(expert_vector @ self.mix, self.basis, axes=1)
+
+
+class ProjectedMLP(nn.Module):
+    """SwiGLU whose three matrices are projected: formed once per forward pass (a batch is one expert's)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gate_proj = ProjectedLinear(spec.d_model, spec.d_ff, spec)
+        self.up_proj = ProjectedLinear(spec.d_model, spec.d_ff, spec)
+        self.down_proj = ProjectedLinear(spec.d_ff, spec.d_model, spec)
+
+    def __call__(self, x: mx.array, expert_vector: mx.array | None = None) -> mx.array:
+        gate = x @ self.gate_proj.weight(expert_vector).astype(x.dtype).T
+        up = x @ self.up_proj.weight(expert_vector).astype(x.dtype).T
+        return (silu(gate) * up) @ self.down_proj.weight(expert_vector).astype(x.dtype).T
 
 
 class TransformerBlock(nn.Module):
@@ -104,11 +132,11 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.self_attn = Attention(spec)
         self.post_attention_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
-        self.mlp = MLP(spec)
+        self.mlp = MLP(spec) if spec.projection is None else ProjectedMLP(spec)
 
-    def __call__(self, x: mx.array, cache: KVCache | None, layer: int) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, layer: int, expert_vector: mx.array | None = None) -> mx.array:
         x = x + self.self_attn(self.input_layernorm(x), cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x), expert_vector)
 
 
 class TransformerBody(nn.Module):
@@ -117,11 +145,20 @@ class TransformerBody(nn.Module):
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.d_model)
         self.layers = [TransformerBlock(spec) for _ in range(spec.n_layers)]
         self.norm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
+        if spec.projection is not None:
+            self.expert_embedding = mx.zeros((spec.projection.k, spec.projection.m))
 
-    def __call__(self, tokens: mx.array, cache: KVCache | None = None) -> mx.array:
+    def __call__(self, tokens: mx.array, cache: KVCache | None = None, expert=None) -> mx.array:
+        """expert (projected networks): an expert index (int or 0-d array), or an expert vector (m,)."""
+        vector = None
+        if "expert_embedding" in self:
+            if expert is None:
+                raise ValueError("a projected network needs an expert (index or vector)")
+            expert = mx.array(expert) if not isinstance(expert, mx.array) else expert
+            vector = self.expert_embedding[expert] if expert.ndim == 0 else expert.astype(self.expert_embedding.dtype)
         x = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache, i)
+            x = layer(x, cache, i, vector)
         if cache is not None:
             cache.offset += tokens.shape[1]
         return self.norm(x)
@@ -135,8 +172,8 @@ class Transformer(nn.Module):
         if not spec.tied_embeddings:
             self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
 
-    def __call__(self, tokens: mx.array, cache: KVCache | None = None) -> mx.array:
-        hidden = self.model(tokens, cache)
+    def __call__(self, tokens: mx.array, cache: KVCache | None = None, expert=None) -> mx.array:
+        hidden = self.model(tokens, cache, expert)
         if self.spec.tied_embeddings:
             return self.model.embed_tokens.as_linear(hidden)
         return self.lm_head(hidden)

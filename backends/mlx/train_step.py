@@ -39,16 +39,17 @@ class TrainStep:
         self.optimizer.init(model.trainable_parameters())
         state = [model.state, self.optimizer.state]
 
-        def loss_fn(trainable: dict, inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array) -> mx.array:
+        def loss_fn(trainable: dict, inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array,
+                    expert: mx.array) -> mx.array:
             model.update(tree_map(lambda p: p.astype(compute), trainable) if compute is not None else trainable)
-            logits = model(inputs).astype(mx.float32)
+            logits = model(inputs, expert=expert).astype(mx.float32)
             return (token_nll(logits, targets) * mask).sum() / count
 
         value_and_grad = mx.value_and_grad(loss_fn)
 
-        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array):
+        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array, expert: mx.array):
             master = model.trainable_parameters()
-            loss, grads = value_and_grad(master, inputs, targets, mask, count)
+            loss, grads = value_and_grad(master, inputs, targets, mask, count, expert)
             model.update(master)  # the float32 weights back in place of the forward's copies
             return loss, grads
 
@@ -57,18 +58,18 @@ class TrainStep:
             self.optimizer.update(model, grads)
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
-            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0))
+        def step(inputs: mx.array, targets: mx.array, mask: mx.array, expert: mx.array) -> mx.array:
+            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0), expert)
             apply(grads)
             return loss
 
         # The weights are an input: a compiled function would otherwise keep the ones it first saw.
         @partial(mx.compile, inputs=[model.state], outputs=[model.state])
-        def nll_sum(inputs: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
+        def nll_sum(inputs: mx.array, targets: mx.array, mask: mx.array, expert: mx.array) -> mx.array:
             master = model.trainable_parameters()
             if compute is not None:
                 model.update(tree_map(lambda p: p.astype(compute), master))
-            total = (token_nll(model(inputs).astype(mx.float32), targets) * mask).sum()
+            total = (token_nll(model(inputs, expert=expert).astype(mx.float32), targets) * mask).sum()
             model.update(master)
             return total
 
@@ -95,20 +96,22 @@ class TrainStep:
         self.optimizer.learning_rate = lr
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1) -> float:
+                 micro_batches: int = 1, expert: int | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
-        for the same update with less memory. Return the loss before the update."""
+        for the same update with less memory. expert: the cluster of every row (projected networks).
+        Return the loss before the update."""
         self.model.train()
         x, y, m = _arrays(inputs, targets, mask)
+        e = mx.array(expert or 0, dtype=mx.int32)  # an input, so that a new expert does not recompile
         if micro_batches == 1:
-            loss = self._step(x, y, m)
+            loss = self._step(x, y, m, e)
         else:
             count = mx.maximum(m.sum(), 1.0)
             loss, grads = mx.array(0.0), None
             for rows in micro_batch_rows(len(inputs), micro_batches):
                 rows = mx.array(rows)
-                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count)
+                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, e)
                 grads = part_grads if grads is None else tree_map(mx.add, grads, part_grads)
                 loss = loss + part
                 mx.eval(loss, grads)
@@ -116,11 +119,12 @@ class TrainStep:
         mx.eval(loss, self.model.state, self.optimizer.state)
         return loss.item()
 
-    def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
+    def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
+            expert: int | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
         x, y, m = _arrays(inputs, targets, mask)
-        total = self._nll_sum(x, y, m)
+        total = self._nll_sum(x, y, m, mx.array(expert or 0, dtype=mx.int32))
         mx.eval(total, self.model.state)
         return float(total.item()), int(np.asarray(m).sum())
 

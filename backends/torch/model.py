@@ -100,8 +100,36 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
         self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, expert_vector: torch.Tensor | None = None) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ProjectedLinear(nn.Module):
+    """A weight matrix W = Σ_r (e @ M)[r] T[r] formed for an expert vector e (pnlm/projection.py)."""
+
+    def __init__(self, in_features: int, out_features: int, spec: ModelSpec) -> None:
+        super().__init__()
+        p = spec.projection
+        self.basis = nn.Parameter(torch.empty(p.h, out_features, in_features))
+        self.mix = nn.Parameter(torch.empty(p.m, p.h))
+
+    def weight(self, expert_vector: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(expert_vector @ self.mix, self.basis, dims=1)
+
+
+class ProjectedMLP(nn.Module):
+    """SwiGLU whose three matrices are projected: formed once per forward pass (a batch is one expert's)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gate_proj = ProjectedLinear(spec.d_model, spec.d_ff, spec)
+        self.up_proj = ProjectedLinear(spec.d_model, spec.d_ff, spec)
+        self.down_proj = ProjectedLinear(spec.d_ff, spec.d_model, spec)
+
+    def forward(self, x: torch.Tensor, expert_vector: torch.Tensor | None = None) -> torch.Tensor:
+        gate = F.linear(x, self.gate_proj.weight(expert_vector).to(x.dtype))
+        up = F.linear(x, self.up_proj.weight(expert_vector).to(x.dtype))
+        return F.linear(F.silu(gate) * up, self.down_proj.weight(expert_vector).to(x.dtype))
 
 
 class TransformerBlock(nn.Module):
@@ -110,11 +138,12 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = RMSNorm(spec.d_model, spec.norm_eps)
         self.self_attn = Attention(spec)
         self.post_attention_layernorm = RMSNorm(spec.d_model, spec.norm_eps)
-        self.mlp = MLP(spec)
+        self.mlp = MLP(spec) if spec.projection is None else ProjectedMLP(spec)
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cache: KVCache | None, layer: int,
+                expert_vector: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x), expert_vector)
 
 
 class TransformerBody(nn.Module):
@@ -124,11 +153,20 @@ class TransformerBody(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(spec) for _ in range(spec.n_layers))
         self.norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.rope = RotaryEmbedding(spec)
+        if spec.projection is not None:
+            self.expert_embedding = nn.Parameter(torch.empty(spec.projection.k, spec.projection.m))
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, expert=None) -> torch.Tensor:
+        """expert (projected networks): an expert index (int or 0-d tensor), or an expert vector (m,)."""
+        vector = None
+        if hasattr(self, "expert_embedding"):
+            if expert is None:
+                raise ValueError("a projected network needs an expert (index or vector)")
+            expert = torch.as_tensor(expert, device=self.expert_embedding.device)
+            vector = self.expert_embedding[expert] if expert.dim() == 0 else expert.to(self.expert_embedding.dtype)
         x = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
-            x = layer(x, self.rope, cache, i)
+            x = layer(x, self.rope, cache, i, vector)
         if cache is not None:
             cache.offset += tokens.shape[1]
         return self.norm(x)
@@ -142,8 +180,8 @@ class Transformer(nn.Module):
         if not spec.tied_embeddings:
             self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        hidden = self.model(tokens, cache)
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, expert=None) -> torch.Tensor:
+        hidden = self.model(tokens, cache, expert)
         if self.spec.tied_embeddings:
             return F.linear(hidden, self.model.embed_tokens.weight)
         return self.lm_head(hidden)

@@ -23,7 +23,7 @@ class TrainStep:
     stay float32); compile wraps the model in torch.compile. On CUDA, matrix products may use TF32."""
 
     def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
-                 compile: bool = False, fsdp: bool = False) -> None:
+                 compile: bool = False, fsdp: bool = False, distributed: bool = True) -> None:
         self.model = model
         self.spec = optimizer
         self.device = next(model.parameters()).device
@@ -33,7 +33,7 @@ class TrainStep:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.rank, self.world_size = init_distributed(self.device)
+        self.rank, self.world_size = init_distributed(self.device) if distributed else (0, 1)
         # Under torchrun: FSDP shards the model in place; DDP wraps it for the forward pass, and weights
         # are read from and loaded into the model itself.
         self.fsdp = fsdp and self.world_size > 1
@@ -71,9 +71,9 @@ class TrainStep:
         """Whether this process writes checkpoints and metrics (rank 0)."""
         return self.rank == 0
 
-    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None
-                  ) -> torch.Tensor:
-        logits = (self.model if network is None else network)(inputs)
+    def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None,
+                  expert: int | None = None) -> torch.Tensor:
+        logits = (self.model if network is None else network)(inputs, expert=expert)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
                                reduction="none").view(targets.shape)
 
@@ -83,10 +83,11 @@ class TrainStep:
                      for a in (inputs.astype(np.int64), targets.astype(np.int64), mask))
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1) -> float:
+                 micro_batches: int = 1, expert: int | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
-        for the same update with less memory. Return the loss before the update."""
+        for the same update with less memory. expert: the cluster of every row (projected networks).
+        Return the loss before the update."""
         self.model.train()
         x, y, m = self._tensors(inputs, targets, mask)
         count = m.sum().clamp(min=1.0)
@@ -103,7 +104,7 @@ class TrainStep:
             if self.fsdp:
                 self.model.set_requires_gradient_sync(last)
             with sync, self._autocast():
-                part = (self.token_nll(x[rows], y[rows], self.network) * m[rows]).sum()
+                part = (self.token_nll(x[rows], y[rows], self.network, expert) * m[rows]).sum()
                 # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
                 # the summed gradient is that of the global batch's mean loss.
                 (part / count * self.world_size).backward()
@@ -113,12 +114,13 @@ class TrainStep:
         return float(all_reduce_sum(nll_sum) / count)
 
     @torch.no_grad()
-    def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
+    def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
+            expert: int | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
         x, y, m = self._tensors(inputs, targets, mask)
         with self._autocast():
-            return float((self.token_nll(x, y) * m).sum()), int(m.sum())
+            return float((self.token_nll(x, y, expert=expert) * m).sum()), int(m.sum())
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """The whole model's weights by canonical name. Under FSDP every rank must call it; rank 0 gets them."""

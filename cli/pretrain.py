@@ -1,0 +1,137 @@
+"""`pnlm pretrain --method slm|llm|pn|mix`: the shared pretraining of every method, on a chosen backend.
+
+slm and llm train one model on every window. pn trains one projected network whose batches are each
+one cluster's, conditioned on that cluster (pnlm/projection.py). mix trains k independent models,
+expert i only on cluster i, one after another in a process, or shared out over torchrun's processes
+(each rank its experts, no gradient exchange); each expert resumes on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from pnlm.backends import make_train_step
+from pnlm.checkpoint import ModelWriter
+from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, _steps
+from pnlm.cluster.clusters import load_clusters
+from pnlm.data.samplers import ClusterSampler, ExpertSampler
+from pnlm.data.store import TokenStore
+from pnlm.errors import PnlmError
+from pnlm.experts import expert_dir, write_mix_file
+from pnlm.loop import LATEST, TrainConfig
+from pnlm.spec import OptimizerSpec, Projection, load_spec
+from pnlm.weights import init_weights
+
+METHODS = ("slm", "llm", "pn", "mix")
+
+
+def _projection(text: str | None, preset: Projection | None, k: int) -> Projection:
+    """--projection h,k,m; else the preset's h and m with the clusters' k."""
+    if text is None:
+        if preset is None:
+            raise PnlmError("--method pn needs --projection h,k,m (or a pn-* preset)")
+        return Projection(h=preset.h, k=k, m=preset.m)
+    try:
+        h, k_given, m = (int(part) for part in text.split(","))
+    except ValueError:
+        raise PnlmError(f"--projection {text!r}: expected three integers h,k,m such as 4,16,8") from None
+    if k_given != k:
+        raise PnlmError(f"--projection has k={k_given} experts but the clusters have k={k}")
+    return Projection(h=h, k=k, m=m)
+
+
+def _labelled(store: TokenStore, clusters) -> None:
+    info = store.clusters_info()
+    if info is None or info.get("centroids_sha256") != clusters.centroids_sha256:
+        raise PnlmError(f"{store.path}: not labelled with {clusters.path}; the store `pnlm data cluster` ran on "
+                        f"is, or run `pnlm data assign {store.path} --clusters {clusters.path}`")
+
+
+def _experts(text: str | None, k: int) -> list[int]:
+    if text is None:
+        return list(range(k))
+    try:
+        chosen = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise PnlmError(f"--experts {text!r}: expected indices separated by commas, such as 0,3,7") from None
+    if not all(0 <= i < k for i in chosen):
+        raise PnlmError(f"--experts {text}: the clusters have k={k} (0 to {k - 1})")
+    return chosen
+
+
+def pretrain(
+    method: str = typer.Option("slm", "--method", help="slm or llm (one model on every window), pn (a projected "
+                               "network over --clusters) or mix (k independent models, one per cluster)."),
+    model: str = typer.Option(..., "--model", help="A preset (tiny, slm-126m, llm-771m, pn-tiny, pn-126m) or a spec.toml."),
+    data: Path = typer.Option(..., "--data", help="Token store from `pnlm data prepare` (its train split)."),
+    clusters: Path | None = typer.Option(None, "--clusters", help="pn and mix: the clusters the store is labelled with."),
+    projection: str | None = typer.Option(None, "--projection", help="pn: h,k,m (basis tensors, experts, expert "
+                                          "embedding width); default: the preset's h and m, the clusters' k."),
+    experts: str | None = typer.Option(None, "--experts", help="mix: which experts this process trains (default all)."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    out: Path = typer.Option(..., "--out", help="RUN folder: latest/, best/, metrics.jsonl (mix: one per expert)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (mix: per expert)."),
+    tokens: int | None = typer.Option(None, "--tokens", help="Or a token budget, turned into steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Compute each step's batch in this many slices "
+                                   "(gradient accumulation): the same update, less memory."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (the paper: 1e-4)."),
+    precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard weights, gradients and optimizer state "
+                              "over the processes (FSDP) instead of replicating them (DDP)."),
+    warmup: int | None = typer.Option(None, "--warmup", help="Warmup steps (default: min(1000, steps/10))."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the valid split every N steps (0: never)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and of the data order."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
+) -> None:
+    """Pretrain from scratch on a token store (AdamW, warmup + cosine decay, clipping)."""
+    if method not in METHODS:
+        raise PnlmError(f"--method {method!r}: expected one of {', '.join(METHODS)} (is: issue in progress)")
+    store = TokenStore(data)
+    spec = load_spec(model).with_vocab(store.vocab_size)
+    if store.context > spec.context:
+        raise PnlmError(f"{data}: windows of {store.context} tokens exceed the model's context of {spec.context}")
+    total = _steps(steps, tokens, batch_size, store.context)
+    config = TrainConfig(steps=total, batch_size=batch_size, micro_batches=grad_accum, optimizer=OptimizerSpec(lr=lr),
+                         warmup_steps=min(1000, total // 10) if warmup is None else warmup,
+                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed).validate()
+    options = {"precision": _precision(precision, backend), "compile": compile_model}
+    if method in ("slm", "llm"):
+        if spec.projection is not None:
+            raise PnlmError(f"--model {model} is a projected network: pretrain it with --method pn --clusters C")
+        step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
+        _run(step_fn, spec, store.tokenizer(), store, config, out, resume, method, json_out)
+        return
+    if clusters is None:
+        raise PnlmError(f"--method {method} needs --clusters (from `pnlm data cluster`)")
+    fitted = load_clusters(clusters)
+    _labelled(store, fitted)
+    if method == "pn":
+        spec = spec.with_projection(_projection(projection, spec.projection, fitted.k))
+        writer = ModelWriter(spec, store.tokenizer(), "pn", extra={"clusters": fitted.store_info()})
+        step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
+        _run(step_fn, spec, store.tokenizer(), store, config, out, resume, "pn", json_out, writer,
+             ClusterSampler(store, batch_size, seed, fitted.k))
+        return
+    _pretrain_mixture(spec.plain(), store, fitted, _experts(experts, fitted.k), config, backend, options, out,
+                      resume, json_out, seed)
+
+
+def _pretrain_mixture(spec, store, fitted, chosen, config, backend, options, out, resume, json_out, seed) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: each rank trains its share of the experts, on its own
+        chosen = chosen[int(os.environ.get("RANK", "0"))::world]
+        options = {**options, "distributed": False}
+    write_mix_file(out, fitted.k, fitted.store_info(), spec)
+    for expert in chosen:
+        run = expert_dir(out, expert)
+        sampler = ExpertSampler(store, config.batch_size, seed, fitted.k, expert)
+        step_fn = make_train_step(backend, spec, init_weights(spec, seed + expert), config.optimizer, **options)
+        _run(step_fn, spec, store.tokenizer(), store, config, run, resume and (run / LATEST).exists(), "mix",
+             json_out, sampler=sampler)

@@ -1,0 +1,126 @@
+"""Experts of a projected network (PN) or a hard mixture (mix): which clusters a run was pretrained on,
+and the plain SLM that a domain gets from it.
+
+    PN run:   RUN/latest, RUN/best   checkpoints of the whole projected network; config.json records
+                                     the clusters (path, k, sha256 of the centroids) in "clusters"
+    mix run:  RUN/mix.json           k, the clusters, the spec of every expert
+              RUN/expert-07/         an ordinary SLM run (latest/, best/, metrics.jsonl) on cluster 7 only
+
+A domain store labelled with the same clusters (`pnlm data assign`) gives a histogram p; the expert is
+its most frequent cluster (auto), a given index, or, for a PN, the mixture E_p = p @ E (histogram).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pnlm.atomic import atomic_file
+from pnlm.checkpoint import load_checkpoint
+from pnlm.cluster.histogram import histogram_report
+from pnlm.data.store import TokenStore
+from pnlm.errors import PnlmError
+from pnlm.loop import BEST, LATEST
+from pnlm.projection import expert_vector, instantiate
+from pnlm.spec import ModelSpec
+from pnlm.tokenizer import Tokenizer
+
+MIX_FILE = "mix.json"
+
+
+def expert_dir(run: str | Path, expert: int) -> Path:
+    return Path(run) / f"expert-{expert:02d}"
+
+
+def write_mix_file(run: Path, k: int, clusters: dict[str, Any], spec: ModelSpec) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with atomic_file(run / MIX_FILE) as f:
+        f.write((json.dumps({"format": "pnlm-mix", "k": k, "clusters": clusters, "spec": spec.to_dict()},
+                            indent=2) + "\n").encode())
+
+
+def read_mix_file(run: Path) -> dict[str, Any]:
+    path = run / MIX_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PnlmError(f"{path}: not a readable mixture description ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != "pnlm-mix" or not isinstance(data.get("k"), int):
+        raise PnlmError(f"{path}: not a pnlm mixture description")
+    return data
+
+
+def final_checkpoint(run: Path) -> Path:
+    """RUN/best when the run evaluated, else RUN/latest; a checkpoint folder is its own."""
+    if (run / "manifest.json").is_file():
+        return run
+    for name in (BEST, LATEST):
+        if (run / name / "manifest.json").is_file():
+            return run / name
+    raise PnlmError(f"{run}: holds no finished checkpoint (best/ or latest/)")
+
+
+@dataclass
+class Instantiated:
+    spec: ModelSpec
+    weights: dict[str, np.ndarray]
+    tokenizer: Tokenizer
+    method: str
+    report: dict[str, Any]
+
+
+def domain_histogram(domain: str | Path, clusters: dict[str, Any]) -> dict[str, Any]:
+    """The domain's train-split histogram over the run's clusters, checking the labels are theirs."""
+    store = TokenStore(domain)
+    info = store.clusters_info()
+    ids = store.cluster_ids("train")
+    if ids is None or info is None:
+        raise PnlmError(f"{domain}: not labelled with clusters; run `pnlm data assign {domain} "
+                        f"--clusters {clusters.get('clusters', 'CLUSTERS')}` first")
+    if info.get("centroids_sha256") != clusters.get("centroids_sha256"):
+        raise PnlmError(f"{domain}: labelled with other clusters ({info.get('clusters')}) than the run's "
+                        f"({clusters.get('clusters')}); relabel it with `pnlm data assign`")
+    return histogram_report(ids, int(clusters["k"]))
+
+
+def instantiate_expert(run: str | Path, domain: str | Path | None, expert: str) -> Instantiated:
+    """The plain SLM a domain gets from a PN or mix run. expert: "auto", "histogram" or an index."""
+    run = Path(run)
+    is_mix = (run / MIX_FILE).is_file()
+    if is_mix:
+        description = read_mix_file(run)
+        clusters, k = description["clusters"], description["k"]
+    else:
+        checkpoint = load_checkpoint(final_checkpoint(run))
+        if checkpoint.spec.projection is None:
+            raise PnlmError(f"{run}: neither a projected network nor a mixture run; it is already a plain model")
+        clusters, k = checkpoint.extra.get("clusters", {}), checkpoint.spec.projection.k
+    report: dict[str, Any] = {"run": str(run), "kind": "mix" if is_mix else "pn", "choice": expert}
+    if expert in ("auto", "histogram"):
+        if domain is None:
+            raise PnlmError(f"--expert {expert} needs the domain's store (--domain)")
+        report.update(domain=str(domain), **domain_histogram(domain, clusters))
+    if expert == "histogram" and is_mix:
+        raise PnlmError("--expert histogram mixes a projected network's experts; a hard mixture has no such blend")
+    if expert == "histogram":
+        vector = expert_vector(checkpoint.weights, histogram=np.array(report["histogram"]))
+    else:
+        try:
+            index = report["top_cluster"] if expert == "auto" else int(expert)
+        except ValueError:
+            raise PnlmError(f"--expert {expert!r}: expected auto, histogram or an index from 0 to {k - 1}") from None
+        if not 0 <= index < k:
+            raise PnlmError(f"--expert {index}: the run has {k} experts (0 to {k - 1})")
+        report["expert"] = index
+        if is_mix:
+            chosen = load_checkpoint(final_checkpoint(expert_dir(run, index)))
+            report["source"] = str(final_checkpoint(expert_dir(run, index)))
+            return Instantiated(chosen.spec, chosen.weights, chosen.tokenizer, "slm-mix", report)
+        vector = expert_vector(checkpoint.weights, expert=index)
+    spec = checkpoint.spec
+    return Instantiated(spec.plain(), instantiate(checkpoint.weights, spec, vector), checkpoint.tokenizer,
+                        "slm-pn", report)

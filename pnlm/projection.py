@@ -1,0 +1,96 @@
+"""Projected networks in numpy: the algebra, and the oracle both backends are tested against.
+
+Every MLP weight matrix of layer l (gate_proj, up_proj, down_proj) is, for expert i,
+
+    W(l,i) = sum_q E[i,q] sum_r M(l)[q,r] T(l)[r]        E: (k, m)   M(l): (m, h)   T(l): (h, out, in)
+
+so the expert's coefficients over the h basis tensors are a(l,i) = E[i] @ M(l) and
+W(l,i) = sum_r a(l,i)[r] T(l)[r]. Attention, norms and embeddings are shared by all experts. Any
+vector e in E's space gives a model (e = E[i] is expert i; e = p @ E mixes experts by a histogram p),
+and that model is an ordinary SLM: same shapes, same cost.
+
+Canonical names: `model.layers.L.mlp.NAME.basis` (h, out, in), `model.layers.L.mlp.NAME.mix` (m, h),
+and `model.expert_embedding` (k, m).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pnlm.errors import PnlmError
+from pnlm.spec import ModelSpec, Projection
+
+PROJECTED = ("gate_proj", "up_proj", "down_proj")
+EXPERT_EMBEDDING = "model.expert_embedding"
+
+
+def projected_matrices(spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """Name prefix of every projected matrix (`model.layers.L.mlp.NAME`) → its (out, in) shape."""
+    shapes = {"gate_proj": (spec.d_ff, spec.d_model), "up_proj": (spec.d_ff, spec.d_model),
+              "down_proj": (spec.d_model, spec.d_ff)}
+    return {f"model.layers.{layer}.mlp.{name}": shapes[name] for layer in range(spec.n_layers) for name in PROJECTED}
+
+
+def coefficients(expert_vector: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """a = e @ M: the weights of the h basis tensors for the expert vector e (m,)."""
+    return expert_vector.astype(np.float64) @ mix.astype(np.float64)
+
+
+def projected_weight(coefficient: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """W = sum_r a[r] T[r]."""
+    return np.tensordot(coefficient, basis.astype(np.float64), axes=1)
+
+
+def expert_vector(weights: dict[str, np.ndarray], expert: int | None = None,
+                  histogram: np.ndarray | None = None) -> np.ndarray:
+    """E[expert], or p @ E for a histogram p over the k experts (normalized here)."""
+    table = weights[EXPERT_EMBEDDING].astype(np.float64)
+    if (expert is None) == (histogram is None):
+        raise PnlmError("give an expert index or a histogram, one of them")
+    if expert is not None:
+        if not 0 <= expert < len(table):
+            raise PnlmError(f"expert {expert} does not exist: the network has {len(table)} (0 to {len(table) - 1})")
+        return table[expert]
+    p = np.asarray(histogram, dtype=np.float64)
+    if p.shape != (len(table),) or (p < 0).any() or p.sum() <= 0:
+        raise PnlmError(f"a histogram over the {len(table)} experts must have {len(table)} non-negative entries, not all 0")
+    return (p / p.sum()) @ table
+
+
+def instantiate(weights: dict[str, np.ndarray], spec: ModelSpec, vector: np.ndarray) -> dict[str, np.ndarray]:
+    """The plain SLM weights of the model given by the expert vector: projected matrices formed, the rest shared."""
+    if spec.projection is None:
+        raise PnlmError("instantiate needs a projected network's weights")
+    plain = {name: value for name, value in weights.items()
+             if name != EXPERT_EMBEDDING and not name.endswith((".basis", ".mix"))}
+    for prefix in projected_matrices(spec):
+        a = coefficients(vector, weights[f"{prefix}.mix"])
+        plain[f"{prefix}.weight"] = projected_weight(a, weights[f"{prefix}.basis"]).astype(np.float32)
+    return plain
+
+
+def projection_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The tensors a projection adds (and the `.weight` names they replace)."""
+    p: Projection = spec.projection
+    shapes: dict[str, tuple[int, ...]] = {EXPERT_EMBEDDING: (p.k, p.m)}
+    for prefix, (rows, cols) in projected_matrices(spec).items():
+        shapes[f"{prefix}.basis"] = (p.h, rows, cols)
+        shapes[f"{prefix}.mix"] = (p.m, p.h)
+    return shapes
+
+
+def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, float]) -> dict[str, np.ndarray]:
+    """Random E, M and T such that every instantiated expert starts at the scale of a fresh SLM.
+
+    E's rows have unit norm and M's entries variance 1/h, so a = E[i] @ M has |a|² ≈ 1; T's entries
+    have the SLM's variance σ² for that matrix, so W = Σ a_r T_r has entries of variance |a|² σ² ≈ σ².
+    `std` maps each projected matrix name prefix to its SLM standard deviation.
+    """
+    p: Projection = spec.projection
+    table = rng.standard_normal((p.k, p.m))
+    out = {EXPERT_EMBEDDING: (table / np.linalg.norm(table, axis=1, keepdims=True)).astype(np.float32)}
+    for prefix, (rows, cols) in projected_matrices(spec).items():
+        out[f"{prefix}.basis"] = rng.standard_normal((p.h, rows, cols), dtype=np.float32) * np.float32(std[prefix])
+        out[f"{prefix}.mix"] = (rng.standard_normal((p.m, p.h)) / np.sqrt(p.h)).astype(np.float32)
+    return out
+

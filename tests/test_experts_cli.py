@@ -1,0 +1,113 @@
+"""Projected networks and hard mixtures through the CLI: pretrain over clusters, instantiate a domain's
+expert as a plain model, fine-tune it with MLX, evaluate; resume a PN run exactly."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_DATA
+from pnlm.checkpoint import load_checkpoint
+from pnlm.cluster import assign_clusters, fit_clusters
+from pnlm.data import iter_documents
+from pnlm.data.prepare import prepare_store
+
+
+def pnlm_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pnlm.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def numbers(n, seed):
+    rng = np.random.default_rng(seed)
+    return ["\n".join(" ".join(map(str, rng.integers(0, 10**6, 10))) for _ in range(8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tokenizer):
+    """A generic store of prose and numbers in 2 clusters, and a domain of numbers labelled with them."""
+    root = tmp_path_factory.mktemp("experts")
+    prose = list(iter_documents(SAMPLE_DATA[:1]))[:20]
+    generic = prepare_store(prose + numbers(20, seed=0), tokenizer, root / "generic", context=64,
+                            valid_fraction=0.15, test_fraction=0.1, workers=1)[0]
+    fit_clusters(generic, None, 2, root / "clusters")
+    domain = prepare_store(numbers(12, seed=1), tokenizer, root / "domain", context=64, valid_fraction=0.25,
+                           test_fraction=0.25, workers=1)[0]
+    assign_clusters(domain, None, root / "clusters", all_splits=True)
+    return generic, domain, root / "clusters"
+
+
+def test_pn_pretrain_instantiate_finetune_evaluate(tmp_path, corpus):
+    generic, domain, clusters = corpus
+    run = tmp_path / "pn"
+    trained = pnlm_cli("pretrain", "--method", "pn", "--model", "pn-tiny", "--data", generic.path, "--clusters", clusters,
+                       "--projection", "3,2,2", "--backend", "torch", "--steps", 20, "--batch-size", 4, "--lr", 3e-3,
+                       "--eval-every", 10, "--out", run, "--json")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["best_val_loss"] is not None
+    made = pnlm_cli("instantiate", run, "--domain", domain.path, "--expert", "auto", "--out", tmp_path / "expert",
+                    "--json")
+    assert made.returncode == 0, made.stderr
+    report = json.loads(made.stdout)
+    assert report["top_share"] > 0.5 and report["expert"] == report["top_cluster"]
+    expert = load_checkpoint(tmp_path / "expert")
+    assert expert.spec.projection is None and expert.method == "slm-pn"
+    assert report["params"] == expert.spec.params_inference() == sum(w.size for w in expert.weights.values())
+    tuned = pnlm_cli("finetune", tmp_path / "expert", "--data", domain.path, "--backend", "mlx", "--steps", 6,
+                     "--eval-every", 3, "--lr", 1e-3, "--out", tmp_path / "ft", "--json")
+    assert tuned.returncode == 0, tuned.stderr
+    before = json.loads(pnlm_cli("eval", tmp_path / "expert", "--data", domain.path, "--json").stdout)["macro_ppl"]
+    after = json.loads(pnlm_cli("eval", tmp_path / "ft" / "best", "--data", domain.path, "--json").stdout)["macro_ppl"]
+    assert after < before
+    blended = pnlm_cli("instantiate", run, "--domain", domain.path, "--expert", "histogram", "--out", tmp_path / "mixed")
+    assert blended.returncode == 0, blended.stderr
+    bad = pnlm_cli("instantiate", run, "--expert", "7", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "2 experts" in bad.stderr
+
+
+def test_pn_resume_after_kill_gives_the_uninterrupted_losses(tmp_path, corpus):
+    generic, _, clusters = corpus
+    common = ["pretrain", "--method", "pn", "--model", "pn-tiny", "--data", generic.path, "--clusters", clusters,
+              "--projection", "3,2,2", "--backend", "torch", "--steps", 16, "--batch-size", 4, "--lr", 3e-3,
+              "--checkpoint-every", 8, "--seed", 2]
+    assert pnlm_cli(*common, "--out", tmp_path / "straight").returncode == 0
+    run = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-m", "pnlm.cli", *map(str, common), "--out", str(run)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trainer = run / "latest" / "trainer.json"
+    while not trainer.exists():
+        assert child.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert json.loads(trainer.read_text())["step"] == 8
+    assert pnlm_cli(*common, "--out", run, "--resume").returncode == 0
+
+    def losses(path):
+        return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "straight") == losses(run)
+
+
+def test_mixture_trains_one_model_per_cluster_and_hands_out_the_domains(tmp_path, corpus):
+    generic, domain, clusters = corpus
+    common = ["pretrain", "--method", "mix", "--model", "tiny", "--data", generic.path, "--clusters", clusters,
+              "--backend", "mlx", "--steps", 4, "--batch-size", 4, "--lr", 3e-3, "--out", tmp_path / "mix"]
+    trained = pnlm_cli(*common)
+    assert trained.returncode == 0, trained.stderr
+    info = json.loads(pnlm_cli("info", tmp_path / "mix", "--json").stdout)
+    assert info["params_pretrain"] == 2 * info["params_inference"]
+    again = pnlm_cli(*common, "--resume")  # both experts are done: nothing to train
+    assert again.returncode == 0, again.stderr
+    made = pnlm_cli("instantiate", tmp_path / "mix", "--domain", domain.path, "--out", tmp_path / "expert", "--json")
+    assert made.returncode == 0, made.stderr
+    index = json.loads(made.stdout)["expert"]
+    source = load_checkpoint(tmp_path / "mix" / f"expert-{index:02d}" / "latest").weights
+    copied = load_checkpoint(tmp_path / "expert").weights
+    assert all(np.array_equal(source[n], copied[n]) for n in source)
+    refused = pnlm_cli("instantiate", tmp_path / "mix", "--domain", domain.path, "--expert", "histogram",
+                       "--out", tmp_path / "y")
+    assert refused.returncode == 2 and "hard mixture" in refused.stderr

@@ -1,0 +1,88 @@
+"""Projected networks: both backends equal the numpy oracle, an instantiated expert is the PN for its
+cluster, and the hard-mixture special case (h = k, E = I, M = I) is k independent MLPs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pnlm.projection import EXPERT_EMBEDDING, coefficients, expert_vector, instantiate, projected_matrices, \
+    projected_weight
+from pnlm.spec import OptimizerSpec, Projection
+from pnlm.weights import init_weights
+
+
+@pytest.fixture(scope="module")
+def pn_spec(tiny_spec):
+    return dataclasses.replace(tiny_spec, projection=Projection(h=3, k=5, m=4)).validate()
+
+
+def build(backend, spec, weights):
+    from pnlm.backends import make_train_step
+
+    return make_train_step(backend, spec, weights, OptimizerSpec(lr=1e-3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_projected_weights_equal_the_oracle_and_experts_instantiate_exactly(pn_spec, backend):
+    weights = init_weights(pn_spec, seed=1)
+    step = build(backend, pn_spec, weights)
+    tokens = np.random.default_rng(0).integers(0, pn_spec.vocab_size, (2, 48))
+    for expert in (0, 3):
+        vector = expert_vector(weights, expert=expert)
+        for prefix in list(projected_matrices(pn_spec))[:3]:
+            oracle = projected_weight(coefficients(vector, weights[f"{prefix}.mix"]), weights[f"{prefix}.basis"])
+            layer, name = int(prefix.split(".")[2]), prefix.rsplit(".", 1)[1]
+            module = getattr(step.model.model.layers[layer].mlp, name)
+            if backend == "mlx":
+                import mlx.core as mx
+                formed = np.array(module.weight(mx.array(vector.astype(np.float32))))
+            else:
+                import torch
+                formed = module.weight(torch.from_numpy(vector.astype(np.float32))).detach().numpy()
+            assert np.abs(formed - oracle).max() < 1e-6
+        plain_spec = pn_spec.plain()
+        plain = build(backend, plain_spec, instantiate(weights, pn_spec, vector))
+        pn_nll, _ = step.nll(tokens[:, :-1], tokens[:, 1:], expert=expert)
+        plain_nll, _ = plain.nll(tokens[:, :-1], tokens[:, 1:])
+        assert abs(pn_nll - plain_nll) < 1e-5 * abs(plain_nll)
+        assert sorted(instantiate(weights, pn_spec, vector)) == sorted(init_weights(plain_spec, 0))
+
+
+def test_torch_and_mlx_train_a_projected_network_alike(pn_spec):
+    weights = init_weights(pn_spec, seed=2)
+    batch = np.random.default_rng(1).integers(0, pn_spec.vocab_size, (4, 33))
+    losses = {}
+    for backend in ("torch", "mlx"):
+        step = build(backend, pn_spec, weights)
+        losses[backend] = [step(batch[:, :-1], batch[:, 1:], expert=e) for e in (0, 1, 0, 2, 0)]
+    assert np.abs(np.array(losses["torch"]) - np.array(losses["mlx"])).max() < 1e-5
+    assert losses["torch"][-1] < losses["torch"][0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_identity_projection_is_k_independent_mlps(tiny_spec, backend):
+    k = 3
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=k, k=k, m=k)).validate()
+    shared = init_weights(tiny_spec, seed=0)
+    experts = [init_weights(tiny_spec, seed=10 + i) for i in range(k)]
+    weights = {name: value for name, value in shared.items() if ".mlp." not in name}
+    weights[EXPERT_EMBEDDING] = np.eye(k, dtype=np.float32)
+    for prefix in projected_matrices(spec):
+        weights[f"{prefix}.mix"] = np.eye(k, dtype=np.float32)
+        weights[f"{prefix}.basis"] = np.stack([e[f"{prefix}.weight"] for e in experts])
+    tokens = np.random.default_rng(3).integers(0, spec.vocab_size, (2, 33))
+    step = build(backend, spec, weights)
+    for i in range(k):
+        alone = build(backend, tiny_spec, {**shared, **{n: v for n, v in experts[i].items() if ".mlp." in n}})
+        a, _ = step.nll(tokens[:, :-1], tokens[:, 1:], expert=i)
+        b, _ = alone.nll(tokens[:, :-1], tokens[:, 1:])
+        assert abs(a - b) < 1e-5 * abs(b)
+    # A step on expert 1's batch moves basis tensor 1 of every MLP matrix and leaves the others exactly
+    # where they were: no gradient reaches them.
+    before = step.canonical_weights()
+    step(tokens[:, :-1], tokens[:, 1:], expert=1)
+    after = step.canonical_weights()
+    for prefix in projected_matrices(spec):
+        moved = np.abs(after[f"{prefix}.basis"] - before[f"{prefix}.basis"]).max(axis=(1, 2))
+        assert moved[1] > 0 and moved[0] == 0 and moved[2] == 0, (prefix, moved)
