@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -55,6 +56,26 @@ class RateCounter:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         status = f"{count:,} {self.unit} ({count / elapsed:,.0f} {self.unit}/s){extra}"
         self.progress.update(self.task, status=status)
+
+
+class StepProgress:
+    """A bar over a known number of steps: done/total, a status (loss, lr, tokens/s), elapsed and ETA."""
+
+    def __init__(self, description: str, total: int) -> None:
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("[cyan]{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                 TimeRemainingColumn(), console=console, transient=True)
+        self.task = self.progress.add_task(description, total=total, status="")
+
+    def __enter__(self) -> "StepProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, step: int, status: str) -> None:
+        self.progress.update(self.task, completed=step, status=status)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from pnlm.backends import make_train_step
 from pnlm.adapter_checkpoint import AdapterWriter, fuse_checkpoint
 from pnlm.checkpoint import load_checkpoint
 from pnlm.inference import read_model
-from pnlm.cli.console import RateCounter, console, print_json
+from pnlm.cli.console import StepProgress, console, print_json
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.loop import BEST, LATEST, TrainConfig, evaluate, train
@@ -49,12 +49,12 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
         train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer,
               sampler=sampler)
         return
-    with RateCounter("training", "steps") as counter:
+    with StepProgress("training", config.steps) as bar:
         def log(record: dict) -> None:
-            extra = f", loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
+            status = f"loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
             if "val_loss" in record:
-                extra += f", val {record['val_loss']:.3f}"
-            counter.update(record["step"], extra)
+                status += f", val {record['val_loss']:.3f}"
+            bar.update(record["step"], status)
 
         result = train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, on_log=log,
                        writer=writer, sampler=sampler)
