@@ -36,3 +36,22 @@ def tiny_spec(tokenizer):
 def tiny_checkpoint(tmp_path_factory, tokenizer, tiny_spec):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     return save_checkpoint(path, tiny_spec, init_weights(tiny_spec, seed=0), tokenizer)
+
+
+def kill_after_first_checkpoint(command: list, run) -> int:
+    """Start a training command (argv) writing to run, SIGKILL its whole process group as soon as its
+    first resumable checkpoint lands, and return the step that checkpoint holds."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen([str(part) for part in command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    trainer = run / "latest" / "trainer.json"
+    while not trainer.exists():
+        assert child.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.001)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    return json.loads(trainer.read_text())["step"]

@@ -3,16 +3,14 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, kill_after_first_checkpoint
 from pnlm.checkpoint import load_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
@@ -50,16 +48,9 @@ def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer, sharding):
 
     # Kill -9 the whole torchrun job after its step-5 checkpoint and resume: the same last 5 losses.
     killed = tmp_path / "killed"
-    job = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,
-                            "--checkpoint-every", "5", "--out", str(killed)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    trainer = killed / "latest" / "trainer.json"
-    while not trainer.exists():
-        assert job.poll() is None, "the job ended before its first checkpoint"
-        time.sleep(0.001)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    assert json.loads(trainer.read_text())["step"] == 5
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,
+               "--checkpoint-every", "5", "--out", killed]
+    assert kill_after_first_checkpoint(command, killed) == 5  # OMP_NUM_THREADS=1 is set by conftest
     resumed = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,
                               "--checkpoint-every", "5", "--out", str(killed), "--resume"],
                              capture_output=True, text=True, env=env, timeout=300)

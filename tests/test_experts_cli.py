@@ -2,15 +2,13 @@
 expert as a plain model, fine-tune it with MLX, evaluate; resume a PN run exactly."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, kill_after_first_checkpoint
 from pnlm.checkpoint import load_checkpoint
 from pnlm.cluster import assign_clusters, fit_clusters
 from pnlm.data import iter_documents
@@ -75,15 +73,7 @@ def test_pn_resume_after_kill_gives_the_uninterrupted_losses(tmp_path, corpus):
               "--checkpoint-every", 8, "--seed", 2]
     assert pnlm_cli(*common, "--out", tmp_path / "straight").returncode == 0
     run = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-m", "pnlm.cli", *map(str, common), "--out", str(run)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    trainer = run / "latest" / "trainer.json"
-    while not trainer.exists():
-        assert child.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert json.loads(trainer.read_text())["step"] == 8
+    assert kill_after_first_checkpoint([sys.executable, "-m", "pnlm.cli", *common, "--out", run], run) == 8
     assert pnlm_cli(*common, "--out", run, "--resume").returncode == 0
 
     def losses(path):

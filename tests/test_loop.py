@@ -1,15 +1,13 @@
 """The training loop through the CLI: exact resume after kill -9, early stopping keeps the best weights."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, kill_after_first_checkpoint
 from pnlm.checkpoint import load_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
@@ -45,15 +43,7 @@ def test_kill_and_resume_gives_the_uninterrupted_losses(tmp_path, store, backend
     straight = pnlm_cli(*common, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
     run = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-m", "pnlm.cli", *map(str, common), "--out", str(run)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    trainer = run / "latest" / "trainer.json"
-    while not trainer.exists():
-        assert child.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert json.loads(trainer.read_text())["step"] == 8
+    assert kill_after_first_checkpoint([sys.executable, "-m", "pnlm.cli", *common, "--out", run], run) == 8
     resumed = pnlm_cli(*common, "--out", run, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a, b = losses(tmp_path / "straight"), losses(run)
