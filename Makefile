@@ -61,6 +61,7 @@ bench: $(STAMP)
 	@mkdir -p .bench
 	$(BIN)/python bench/train_step.py --json .bench/train_step.json
 	$(BIN)/python bench/train_throughput.py --json .bench/train_throughput.json
+	$(BIN)/python bench/pn_throughput.py --json .bench/pn_throughput.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .bench .pytest_cache

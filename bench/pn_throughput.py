@@ -1,0 +1,99 @@
+"""Benchmark: projected-network pretraining tokens/s ÷ SLM pretraining tokens/s at the same inference size.
+
+    python bench/pn_throughput.py [--model tiny] [--projections 4,4,4:8,16,8] [--backends torch,mlx]
+                                  [--steps 40] [--rounds 2] [--json OUT]
+
+Both run through the loop (pnlm/loop.py) on the sample books (2,048-piece tokenizer, context 256,
+batch 8). The PN uses the cluster sampler (one cluster a batch); the windows get random cluster
+labels here, since the speed does not depend on which windows share a cluster, and labelling them
+with MiniLM would only add its time. Rounds alternate SLM and every PN, per backend; tokens/s is
+measured from the second logged step to the last (the first includes compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+
+def tokens_per_s(run: Path) -> float:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first, last = lines[1], lines[-1]
+    return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--projections", default="4,4,4:8,16,8", help="h,k,m of each PN, separated by ':'")
+    parser.add_argument("--backends", default="torch,mlx")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", help="write the results here as JSON")
+    args = parser.parse_args()
+
+    import pnlm.backends.mlx  # noqa: F401  (loads the BLAS before anything imports mlx.core)
+    import numpy as np
+    import torch
+
+    import pnlm
+    from pnlm.backends import make_train_step
+    from pnlm.data import iter_documents
+    from pnlm.data.prepare import prepare_store
+    from pnlm.data.samplers import ClusterSampler
+    from pnlm.loop import TrainConfig, train
+    from pnlm.spec import OptimizerSpec, Projection, load_spec
+    from pnlm.tokenizer import train_tokenizer
+    from pnlm.weights import init_weights
+
+    torch.set_num_threads(args.threads)
+    projections = [Projection(*map(int, p.split(","))) for p in args.projections.split(":")]
+    backends = args.backends.split(",")
+    samples = sorted(str(p) for p in (Path(pnlm.__file__).parent / "sample_data").glob("*.jsonl.gz"))
+    names = ["slm"] + [f"pn h={p.h} k={p.k} m={p.m}" for p in projections]
+    results = {backend: {name: [] for name in names} for backend in backends}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tokenizer = train_tokenizer(iter_documents(samples), 2048, tmp / "tok")
+        store = prepare_store(iter_documents(samples), tokenizer, tmp / "store", context=256,
+                              valid_fraction=0.0, test_fraction=0.0, workers=1)[0]
+        k_max = max(p.k for p in projections)
+        labels = np.random.default_rng(0).integers(0, k_max, store.num_windows("train")).astype(np.int32)
+        store.write_cluster_ids({"train": labels}, {"k": k_max, "centroids_sha256": "random labels (benchmark)"})
+        slm = load_spec(args.model).with_vocab(tokenizer.vocab_size)
+        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, optimizer=OptimizerSpec(lr=1e-3),
+                             warmup_steps=args.steps // 10)
+        for round_ in range(args.rounds):
+            for backend in backends:
+                for name, projection in zip(names, [None] + projections):
+                    spec = slm if projection is None else dataclasses.replace(slm, projection=projection).validate()
+                    if projection is not None:  # labels 0..k-1 of this PN's k
+                        store.write_cluster_ids({"train": labels % projection.k},
+                                                {"k": projection.k, "centroids_sha256": f"random {projection.k}"})
+                    sampler = None if projection is None else ClusterSampler(store, args.batch_size, 0, projection.k)
+                    step_fn = make_train_step(backend, spec, init_weights(spec, 0), config.optimizer)
+                    run = tmp / f"{backend}-{round_}-{names.index(name)}"
+                    train(step_fn, spec, tokenizer, store, config, run, sampler=sampler)
+                    rate = tokens_per_s(run)
+                    results[backend][name].append(rate)
+                    print(f"round {round_ + 1}: {backend:5} {name:18} {rate:10,.0f} tokens/s", flush=True)
+    median = {b: {n: statistics.median(r) for n, r in by_name.items()} for b, by_name in results.items()}
+    print(f"\n{args.model}, batch {args.batch_size} x 256, {args.steps} steps, {args.rounds} rounds, "
+          f"{args.threads} threads ({platform.machine()}, {os.cpu_count()} cores); median tokens/s")
+    for backend, rates in median.items():
+        for name, rate in rates.items():
+            print(f"{backend:5} {name:18} {rate:10,.0f}   ÷ slm {rate / rates['slm']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "median": median}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
