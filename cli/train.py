@@ -11,7 +11,7 @@ import typer
 from pnlm.backends import make_train_step
 from pnlm.adapter_checkpoint import AdapterWriter, fuse_checkpoint
 from pnlm.checkpoint import load_checkpoint
-from pnlm.inference import read_model
+from pnlm.inference import read_model, refuse_projected
 from pnlm.cli.console import StepProgress, console, print_json
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
@@ -103,6 +103,7 @@ def finetune(
 ) -> None:
     """Fine-tune a checkpoint on a domain's data, keeping the weights with the best validation loss."""
     base = load_checkpoint(checkpoint)
+    refuse_projected(base.spec, checkpoint)
     store = TokenStore(data)
     if store.tokenizer_sha256 != base.tokenizer.sha256:
         raise PnlmError(f"{data}: prepared with another tokenizer than {checkpoint}'s")

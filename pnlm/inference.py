@@ -59,7 +59,15 @@ def read_model(path: str | Path) -> LoadedModel:
         return LoadedModel(base.spec, base.weights, base.tokenizer, adapter.method,
                            Adapters(adapter.lora, adapter.adapters))
     checkpoint = load_checkpoint(path)
+    refuse_projected(checkpoint.spec, path)
     return LoadedModel(checkpoint.spec, checkpoint.weights, checkpoint.tokenizer, checkpoint.method)
+
+
+def refuse_projected(spec: ModelSpec, path: str | Path) -> None:
+    """A projected network runs as one of its experts: say how to get one."""
+    if spec.projection is not None:
+        raise PnlmError(f"{path}: a projected network of {spec.projection.k} experts; make one of them a plain "
+                        f"model first: pnlm instantiate {path} --domain STORE --out CKPT (or --expert INDEX)")
 
 
 class InferenceModel(abc.ABC):

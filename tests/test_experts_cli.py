@@ -2,8 +2,10 @@
 expert as a plain model, fine-tune it with MLX, evaluate; resume a PN run exactly."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +103,22 @@ def test_mixture_trains_one_model_per_cluster_and_hands_out_the_domains(tmp_path
     refused = pnlm_cli("instantiate", tmp_path / "mix", "--domain", domain.path, "--expert", "histogram",
                        "--out", tmp_path / "y")
     assert refused.returncode == 2 and "hard mixture" in refused.stderr
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed beside this python")
+def test_mixture_experts_shared_out_over_torchrun_ranks(tmp_path, corpus):
+    generic, _, clusters = corpus
+    common = ["pretrain", "--method", "mix", "--model", "tiny", "--data", generic.path, "--clusters", clusters,
+              "--backend", "torch", "--steps", 3, "--batch-size", 4, "--lr", 3e-3]
+    alone = pnlm_cli(*common, "--out", tmp_path / "one")
+    assert alone.returncode == 0, alone.stderr
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    shared = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli",
+                             *map(str, common), "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                            timeout=300)
+    assert shared.returncode == 0, shared.stderr[-2000:]
+    for expert in (0, 1):  # each rank trained one expert alone: the same losses as one process training both
+        a = (tmp_path / "one" / f"expert-{expert:02d}" / "metrics.jsonl").read_text().splitlines()
+        b = (tmp_path / "two" / f"expert-{expert:02d}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["loss"] for x in a] == [json.loads(x)["loss"] for x in b]

@@ -86,3 +86,27 @@ def test_identity_projection_is_k_independent_mlps(tiny_spec, backend):
     for prefix in projected_matrices(spec):
         moved = np.abs(after[f"{prefix}.basis"] - before[f"{prefix}.basis"]).max(axis=(1, 2))
         assert moved[1] > 0 and moved[0] == 0 and moved[2] == 0, (prefix, moved)
+
+
+def test_an_instantiated_expert_starts_at_the_scale_of_a_fresh_slm(tiny_spec):
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=16, k=8, m=8)).validate()
+    weights, fresh = init_weights(spec, seed=0), init_weights(tiny_spec, seed=0)
+    for prefix in projected_matrices(spec):
+        ratios = [instantiate(weights, spec, expert_vector(weights, expert=i))[f"{prefix}.weight"].std()
+                  / fresh[f"{prefix}.weight"].std() for i in range(spec.projection.k)]
+        assert 0.8 < np.mean(ratios) < 1.25, (prefix, ratios)
+
+
+def test_a_projected_network_is_refused_where_a_plain_model_is_needed(tmp_path, tokenizer, tiny_spec):
+    import subprocess
+    import sys
+
+    from pnlm.checkpoint import save_checkpoint
+
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=3, m=2)).validate()
+    save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")
+    for command in (["generate", tmp_path / "pn", "--prompt", "a", "--backend", "torch"],
+                    ["finetune", tmp_path / "pn", "--data", tmp_path, "--out", tmp_path / "ft"]):
+        result = subprocess.run([sys.executable, "-m", "pnlm.cli", *map(str, command)], capture_output=True, text=True)
+        assert result.returncode == 2 and "pnlm instantiate" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
