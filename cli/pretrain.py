@@ -11,21 +11,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from pnlm.backends import make_train_step
 from pnlm.checkpoint import ModelWriter
 from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, _steps
 from pnlm.cluster.clusters import load_clusters
-from pnlm.data.samplers import ClusterSampler, ExpertSampler
+from pnlm.cli.console import console
+from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.experts import expert_dir, write_mix_file
+from pnlm.experts import domain_histogram, expert_dir, write_mix_file
 from pnlm.loop import LATEST, TrainConfig
 from pnlm.spec import OptimizerSpec, Projection, load_spec
 from pnlm.weights import init_weights
 
-METHODS = ("slm", "llm", "pn", "mix")
+METHODS = ("slm", "llm", "pn", "mix", "is")
 
 
 def _projection(text: str | None, preset: Projection | None, k: int) -> Projection:
@@ -67,7 +69,9 @@ def pretrain(
                                "network over --clusters) or mix (k independent models, one per cluster)."),
     model: str = typer.Option(..., "--model", help="A preset (tiny, slm-126m, llm-771m, pn-tiny, pn-126m) or a spec.toml."),
     data: Path = typer.Option(..., "--data", help="Token store from `pnlm data prepare` (its train split)."),
-    clusters: Path | None = typer.Option(None, "--clusters", help="pn and mix: the clusters the store is labelled with."),
+    clusters: Path | None = typer.Option(None, "--clusters", help="pn, mix and is: the clusters the store is labelled with."),
+    domain: Path | None = typer.Option(None, "--domain", help="is: the domain's store, labelled with the same clusters "
+                                       "(its train split's histogram is the target)."),
     projection: str | None = typer.Option(None, "--projection", help="pn: h,k,m (basis tensors, experts, expert "
                                           "embedding width); default: the preset's h and m, the clusters' k."),
     experts: str | None = typer.Option(None, "--experts", help="mix: which experts this process trains (default all)."),
@@ -92,7 +96,7 @@ def pretrain(
 ) -> None:
     """Pretrain from scratch on a token store (AdamW, warmup + cosine decay, clipping)."""
     if method not in METHODS:
-        raise PnlmError(f"--method {method!r}: expected one of {', '.join(METHODS)} (is: issue in progress)")
+        raise PnlmError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     store = TokenStore(data)
     spec = load_spec(model).with_vocab(store.vocab_size)
     if store.context > spec.context:
@@ -119,8 +123,33 @@ def pretrain(
         _run(step_fn, spec, store.tokenizer(), store, config, out, resume, "pn", json_out, writer,
              ClusterSampler(store, batch_size, seed, fitted.k))
         return
+    if method == "is":
+        _pretrain_resampled(spec, store, fitted, domain, config, backend, options, out, resume, json_out, seed)
+        return
     _pretrain_mixture(spec.plain(), store, fitted, _experts(experts, fitted.k), config, backend, options, out,
                       resume, json_out, seed)
+
+
+def _pretrain_resampled(spec, store, fitted, domain, config, backend, options, out, resume, json_out, seed) -> None:
+    """SLM-is: an SLM on the generic windows resampled to the domain's cluster histogram."""
+    if domain is None:
+        raise PnlmError("--method is needs --domain STORE (labelled with the same clusters)")
+    if spec.projection is not None:
+        raise PnlmError("--method is trains a plain model: use a preset without projection")
+    target = domain_histogram(domain, fitted.store_info())
+    sampler = ImportanceSampler(store, config.batch_size, seed, fitted.k, np.array(target["histogram"]))
+    sampled = sampler.sampled_histogram(config.steps)
+    report = {"domain": str(domain), "effective_sample_size": sampler.effective_sample_size(),
+              "generic_windows": store.num_windows("train"),
+              "total_variation": float(0.5 * np.abs(sampled - sampler.domain_histogram).sum())}
+    if not json_out:
+        console.print(f"importance sampling towards {domain}: effective sample size {report['effective_sample_size']:,.0f}"
+                      f" of {report['generic_windows']:,} generic windows; total variation between the resampled "
+                      f"and the domain's histograms over {config.steps:,} steps: {report['total_variation']:.4f}")
+    writer = ModelWriter(spec, store.tokenizer(), "slm-is", extra={"clusters": fitted.store_info(), "importance": report})
+    step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, **options)
+    _run(step_fn, spec, store.tokenizer(), store, config, out, resume, "slm-is", json_out, writer, sampler,
+         summary=report)
 
 
 def _pretrain_mixture(spec, store, fitted, chosen, config, backend, options, out, resume, json_out, seed) -> None:

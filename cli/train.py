@@ -44,7 +44,8 @@ def _finetune_lr(lr: float | None, lora_rank: int) -> float:
     return 1e-4 if lora_rank else 1e-4 / 3
 
 
-def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None, sampler=None) -> None:
+def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None, sampler=None,
+         summary: dict | None = None) -> None:
     if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
         train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer,
               sampler=sampler)
@@ -62,7 +63,8 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
                "final_loss": result.final_loss, "best_val_loss": result.best_val_loss, "tokens": result.tokens,
                "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
                "flops": result.flops, "device_hours": result.device_hours, "mfu": result.mfu,
-               "devices": step_fn.devices, "device": step_fn.device_name, "precision": step_fn.precision}
+               "devices": step_fn.devices, "device": step_fn.device_name, "precision": step_fn.precision,
+               **(summary or {})}
     if json_out:
         print_json(summary)
         return

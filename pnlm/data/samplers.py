@@ -116,3 +116,43 @@ class ExpertSampler:
         members = np.flatnonzero(_labels(self.store, split, self.k) == self.cluster)
         for start in range(0, len(members), batch_size):
             yield members[start:start + batch_size], None
+
+
+class ImportanceSampler:
+    """Generic windows drawn with replacement with probability ∝ w(c) = p_domain(c) / p_generic(c) of their
+    cluster c (SLM-is): the resampled set's cluster histogram is the domain's. Drawing a cluster with
+    probability p_domain(c), then one of its windows uniformly, is the same distribution, and is what
+    step s does with a generator seeded by (seed, s): no weight table, and any step can be drawn alone.
+    Evaluation: the windows in order (the domain's own valid split is the usual target)."""
+
+    def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int, domain_histogram: np.ndarray) -> None:
+        from pnlm.cluster.histogram import cluster_histogram, importance_weights
+
+        self.store, self.batch_size, self.seed = store, batch_size, seed
+        labels = _labels(store, "train", k)
+        self.generic_histogram = cluster_histogram(labels, k)
+        self.domain_histogram = np.asarray(domain_histogram, dtype=np.float64)
+        self.weights = importance_weights(self.domain_histogram, self.generic_histogram)  # refuses uncovered clusters
+        self.members = [np.flatnonzero(labels == c) for c in range(k)]
+        self.cumulative = np.cumsum(self.domain_histogram / self.domain_histogram.sum())
+
+    def train_batch(self, step: int) -> tuple[np.ndarray, None]:
+        rng = np.random.default_rng([self.seed, step])
+        clusters = np.minimum(np.searchsorted(self.cumulative, rng.random(self.batch_size), side="right"),
+                              len(self.cumulative) - 1)
+        picks = [self.members[c][rng.integers(len(self.members[c]))] for c in clusters]
+        return np.array(picks, dtype=np.int64), None
+
+    def eval_groups(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, None]]:
+        return ordered_groups(self.store, split, batch_size)
+
+    def effective_sample_size(self) -> float:
+        """(Σ w_i)² / Σ w_i² over the generic train windows: how many windows the resampled set is worth."""
+        counts = np.array([len(m) for m in self.members], dtype=np.float64)
+        return float((counts @ self.weights) ** 2 / (counts @ self.weights ** 2))
+
+    def sampled_histogram(self, steps: int) -> np.ndarray:
+        """The cluster histogram of the windows the first `steps` steps draw."""
+        labels = self.store.cluster_ids("train")
+        drawn = np.concatenate([labels[self.train_batch(s)[0]] for s in range(steps)])
+        return np.bincount(drawn, minlength=len(self.domain_histogram)) / len(drawn)

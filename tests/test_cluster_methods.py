@@ -1,5 +1,6 @@
-"""Projected networks and hard mixtures through the CLI: pretrain over clusters, instantiate a domain's
-expert as a plain model, fine-tune it with MLX, evaluate; resume a PN run exactly."""
+"""The methods built on clusters, through the CLI: projected networks and hard mixtures (pretrain over
+clusters, instantiate a domain's expert as a plain model, fine-tune it with MLX, evaluate; resume a PN
+run exactly), and importance sampling (resample the generic set to the domain's histogram)."""
 
 import json
 import shutil
@@ -122,3 +123,28 @@ def test_mixture_experts_shared_out_over_torchrun_ranks(tmp_path, corpus):
         a = (tmp_path / "one" / f"expert-{expert:02d}" / "metrics.jsonl").read_text().splitlines()
         b = (tmp_path / "two" / f"expert-{expert:02d}" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(x)["loss"] for x in a] == [json.loads(x)["loss"] for x in b]
+
+
+def test_importance_sampling_follows_the_domain_histogram(tmp_path, corpus):
+    from pnlm.cluster.histogram import cluster_histogram
+    from pnlm.data.samplers import ImportanceSampler
+
+    generic, domain, clusters = corpus
+    target = cluster_histogram(domain.cluster_ids("train"), 2)
+    sampler = ImportanceSampler(generic, 8, 0, 2, target)
+    assert 0.5 * np.abs(sampler.sampled_histogram(400) - target).sum() < 0.05
+    assert np.array_equal(sampler.train_batch(17)[0], ImportanceSampler(generic, 8, 0, 2, target).train_batch(17)[0])
+    # The effective sample size against a direct computation over the windows' weights.
+    labels = generic.cluster_ids("train")
+    w = sampler.weights[labels]
+    assert sampler.effective_sample_size() == pytest.approx(w.sum() ** 2 / (w ** 2).sum())
+    result = pnlm_cli("pretrain", "--method", "is", "--model", "tiny", "--data", generic.path, "--clusters", clusters,
+                      "--domain", domain.path, "--backend", "torch", "--steps", 50, "--batch-size", 4, "--out",
+                      tmp_path / "is", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["total_variation"] < 0.05 and 0 < summary["effective_sample_size"] <= summary["generic_windows"]
+    assert load_checkpoint(tmp_path / "is" / "latest").method == "slm-is"
+    missing = pnlm_cli("pretrain", "--method", "is", "--model", "tiny", "--data", generic.path, "--clusters", clusters,
+                       "--backend", "torch", "--steps", 2, "--out", tmp_path / "x")
+    assert missing.returncode == 2 and "--domain" in missing.stderr
