@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from pnlm.cli import cluster, data, generate, info, init, instantiate, pretrain, train
+from pnlm.cli import cluster, data, distill, generate, info, init, instantiate, pretrain, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 
@@ -24,6 +24,7 @@ app.command("instantiate")(instantiate.instantiate)
 app.command("finetune")(train.finetune)
 app.command("eval")(train.eval_command)
 app.command("fuse")(train.fuse_command)
+app.command("distill")(distill.distill)
 
 
 def main() -> None:

@@ -45,20 +45,22 @@ def _finetune_lr(lr: float | None, lora_rank: int) -> float:
 
 
 def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None, sampler=None,
-         summary: dict | None = None) -> None:
+         summary: dict | None = None, teacher=None) -> None:
     if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
         train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer,
-              sampler=sampler)
+              sampler=sampler, teacher=teacher)
         return
     with StepProgress("training", config.steps) as bar:
         def log(record: dict) -> None:
             status = f"loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
             if "val_loss" in record:
                 status += f", val {record['val_loss']:.3f}"
+            if "val_kl" in record:
+                status += f", kl {record['val_kl']:.3f}"
             bar.update(record["step"], status)
 
         result = train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, on_log=log,
-                       writer=writer, sampler=sampler)
+                       writer=writer, sampler=sampler, teacher=teacher)
     summary = {"out": str(out), "steps": result.steps, "stopped_early": result.stopped_early,
                "final_loss": result.final_loss, "best_val_loss": result.best_val_loss, "tokens": result.tokens,
                "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),

@@ -34,6 +34,7 @@ import numpy as np
 from pnlm.checkpoint import ModelWriter
 from pnlm.cost import cost_record, train_flops_per_token
 from pnlm.data.samplers import UniformSampler, ordered_groups
+from pnlm.distill import teacher_kl
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.schedule import learning_rate
@@ -118,9 +119,10 @@ def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_b
 def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
           run_dir: str | Path, resume: bool = False, method: str = "slm",
           on_log: Callable[[dict[str, Any]], None] | None = None, writer: Any = None,
-          sampler: Any = None) -> TrainResult:
+          sampler: Any = None, teacher: Any = None) -> TrainResult:
     """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl.
-    The sampler picks each step's windows (pnlm/data/samplers.py; uniform by default)."""
+    The sampler picks each step's windows (pnlm/data/samplers.py; uniform by default). With a teacher
+    (pnlm/distill.py) the student learns from its distributions too, and evaluations log val_kl."""
     config.validate()
     writer = writer or ModelWriter(spec, tokenizer, method)
     sampler = sampler or UniformSampler(store, config.batch_size, config.seed)
@@ -161,7 +163,8 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
             step_fn.set_lr(lr)
             indices, expert = sampler.train_batch(step)
             inputs, targets, mask = shifted(*store.batch("train", indices))
-            loss = step_fn(inputs, targets, mask, micro_batches=config.micro_batches, expert=expert)
+            soft = teacher.soft_targets("train", indices, inputs) if teacher is not None else None
+            loss = step_fn(inputs, targets, mask, micro_batches=config.micro_batches, expert=expert, teacher=soft)
             if not math.isfinite(loss):
                 raise PnlmError(f"loss is {loss} at step {step + 1}; the last good checkpoint is {run_dir / LATEST}")
             state["step"] = step + 1
@@ -173,6 +176,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
             if evaluating and state["step"] % config.eval_every == 0:
                 val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches, sampler)
                 record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)))
+                if teacher is not None:
+                    record["val_kl"] = teacher_kl(step_fn, teacher, store, "valid", config.batch_size,
+                                                  config.eval_batches)
                 if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
                     state["best_val_loss"], state["evals_since_best"] = val_loss, 0
                     save(BEST, with_state=False)

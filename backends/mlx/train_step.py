@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
+from pnlm.distill import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.loop import PRECISIONS, micro_batch_rows
 from pnlm.spec import OptimizerSpec
@@ -21,7 +22,8 @@ class TrainStep:
     """precision "bfloat16" computes the forward and backward passes in bfloat16 from float32 master
     weights (gradients and AdamW stay float32), as torch's autocast does."""
 
-    def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32") -> None:
+    def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
+                 distill: DistillSpec | None = None) -> None:
         if precision not in PRECISIONS:
             raise BackendError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.model = model
@@ -39,17 +41,34 @@ class TrainStep:
         self.optimizer.init(model.trainable_parameters())
         state = [model.state, self.optimizer.state]
 
+        def per_token(logits: mx.array, targets: mx.array, teacher: tuple) -> mx.array:
+            """Each target's NLL, or with a teacher ((indices,) log-probabilities) the distillation loss."""
+            nll = token_nll(logits, targets)
+            if not teacher:
+                return nll
+            *indices, teacher_logprobs = teacher
+            alpha, temperature = distill.alpha, distill.temperature
+            student = logits / temperature
+            student = student - mx.logsumexp(student, axis=-1, keepdims=True)
+            if indices:
+                student = mx.take_along_axis(student, indices[0], axis=-1)
+            tempered = teacher_logprobs / temperature
+            tempered = tempered - mx.logsumexp(tempered, axis=-1, keepdims=True)
+            kl = (mx.exp(tempered) * (tempered - student)).sum(axis=-1)
+            return (1 - alpha) * nll + alpha * temperature ** 2 * kl
+
         def loss_fn(trainable: dict, inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array,
-                    expert: mx.array) -> mx.array:
+                    expert: mx.array, *teacher: mx.array) -> mx.array:
             model.update(tree_map(lambda p: p.astype(compute), trainable) if compute is not None else trainable)
             logits = model(inputs, expert=expert).astype(mx.float32)
-            return (token_nll(logits, targets) * mask).sum() / count
+            return (per_token(logits, targets, teacher) * mask).sum() / count
 
         value_and_grad = mx.value_and_grad(loss_fn)
 
-        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array, expert: mx.array):
+        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array, expert: mx.array,
+                      *teacher: mx.array):
             master = model.trainable_parameters()
-            loss, grads = value_and_grad(master, inputs, targets, mask, count, expert)
+            loss, grads = value_and_grad(master, inputs, targets, mask, count, expert, *teacher)
             model.update(master)  # the float32 weights back in place of the forward's copies
             return loss, grads
 
@@ -58,8 +77,8 @@ class TrainStep:
             self.optimizer.update(model, grads)
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(inputs: mx.array, targets: mx.array, mask: mx.array, expert: mx.array) -> mx.array:
-            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0), expert)
+        def step(inputs: mx.array, targets: mx.array, mask: mx.array, expert: mx.array, *teacher: mx.array) -> mx.array:
+            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0), expert, *teacher)
             apply(grads)
             return loss
 
@@ -73,10 +92,21 @@ class TrainStep:
             model.update(master)
             return total
 
+        @partial(mx.compile, inputs=[model.state], outputs=[model.state])
+        def log_probs(inputs: mx.array, expert: mx.array) -> mx.array:
+            master = model.trainable_parameters()
+            if compute is not None:
+                model.update(tree_map(lambda p: p.astype(compute), master))
+            logits = model(inputs, expert=expert).astype(mx.float32)
+            model.update(master)
+            return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
         self._step = step
         self._gradients = mx.compile(gradients, inputs=state, outputs=state)
         self._apply = mx.compile(apply, inputs=state, outputs=state)
         self._nll_sum = nll_sum
+        self._log_probs = log_probs
+        self.distill = distill
 
     @property
     def devices(self) -> int:
@@ -96,22 +126,28 @@ class TrainStep:
         self.optimizer.learning_rate = lr
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | None = None) -> float:
+                 micro_batches: int = 1, expert: int | None = None, teacher: tuple | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
         for the same update with less memory. expert: the cluster of every row (projected networks).
+        teacher: (indices or None, log-probabilities) of the teacher for distillation (pnlm/distill.py).
         Return the loss before the update."""
         self.model.train()
         x, y, m = _arrays(inputs, targets, mask)
         e = mx.array(expert or 0, dtype=mx.int32)  # an input, so that a new expert does not recompile
+        soft: tuple = ()
+        if teacher is not None:  # (indices,) log-probabilities; no indices for whole distributions
+            indices, logprobs = teacher
+            soft = (() if indices is None else (mx.array(indices.astype(np.int32)),)) + (
+                mx.array(logprobs.astype(np.float32)),)
         if micro_batches == 1:
-            loss = self._step(x, y, m, e)
+            loss = self._step(x, y, m, e, *soft)
         else:
             count = mx.maximum(m.sum(), 1.0)
             loss, grads = mx.array(0.0), None
             for rows in micro_batch_rows(len(inputs), micro_batches):
                 rows = mx.array(rows)
-                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, e)
+                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, e, *(t[rows] for t in soft))
                 grads = part_grads if grads is None else tree_map(mx.add, grads, part_grads)
                 loss = loss + part
                 mx.eval(loss, grads)
@@ -127,6 +163,13 @@ class TrainStep:
         total = self._nll_sum(x, y, m, mx.array(expert or 0, dtype=mx.int32))
         mx.eval(total, self.model.state)
         return float(total.item()), int(np.asarray(m).sum())
+
+    def log_probs(self, inputs: np.ndarray, expert: int | None = None) -> np.ndarray:
+        """Next-token log-probabilities (batch, time, vocab), float32 (a teacher's)."""
+        self.model.eval()
+        out = self._log_probs(mx.array(inputs.astype(np.int32)), mx.array(expert or 0, dtype=mx.int32))
+        mx.eval(out, self.model.state)
+        return np.array(out)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         return self.model.canonical_weights()

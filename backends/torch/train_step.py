@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pnlm.backends.torch.distributed import (all_reduce_sum, gather_optimizer_state, gather_weights, init_distributed,
                                              rank_rows, scatter_optimizer_state, scatter_weights, shard_model)
 from pnlm.backends.torch.model import Transformer
+from pnlm.distill import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.loop import PRECISIONS, micro_batch_rows
 from pnlm.spec import OptimizerSpec
@@ -23,8 +24,10 @@ class TrainStep:
     stay float32); compile wraps the model in torch.compile. On CUDA, matrix products may use TF32."""
 
     def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
-                 compile: bool = False, fsdp: bool = False, distributed: bool = True) -> None:
+                 compile: bool = False, fsdp: bool = False, distributed: bool = True,
+                 distill: DistillSpec | None = None) -> None:
         self.model = model
+        self.distill = distill
         self.spec = optimizer
         self.device = next(model.parameters()).device
         if precision not in PRECISIONS:
@@ -72,10 +75,38 @@ class TrainStep:
         return self.rank == 0
 
     def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None,
-                  expert: int | None = None) -> torch.Tensor:
-        logits = (self.model if network is None else network)(inputs, expert=expert)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
-                               reduction="none").view(targets.shape)
+                  expert: int | None = None, teacher: tuple | None = None) -> torch.Tensor:
+        """Each target's loss: its NLL, or with a teacher (indices or None, log-probabilities) the
+        distillation loss of pnlm/distill.py."""
+        logits = (self.model if network is None else network)(inputs, expert=expert).float()
+        nll = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
+                              reduction="none").view(targets.shape)
+        if teacher is None:
+            return nll
+        indices, teacher_logprobs = teacher
+        alpha, temperature = self.distill.alpha, self.distill.temperature
+        student = F.log_softmax(logits / temperature, dim=-1)
+        if indices is not None:
+            student = student.gather(-1, indices)
+        tempered = F.log_softmax(teacher_logprobs / temperature, dim=-1)
+        kl = (tempered.exp() * (tempered - student)).sum(-1)
+        return (1 - alpha) * nll + alpha * temperature ** 2 * kl
+
+    @torch.no_grad()
+    def log_probs(self, inputs: np.ndarray, expert: int | None = None) -> np.ndarray:
+        """Next-token log-probabilities (batch, time, vocab), float32 (a teacher's)."""
+        self.model.eval()
+        x = torch.from_numpy(np.ascontiguousarray(inputs.astype(np.int64))).to(self.device)
+        with self._autocast():
+            logits = self.model(x, expert=expert).float()
+        return F.log_softmax(logits, dim=-1).cpu().numpy()
+
+    def _teacher_tensors(self, teacher: tuple | None) -> tuple | None:
+        if teacher is None:
+            return None
+        indices, logprobs = teacher
+        indices = None if indices is None else torch.from_numpy(np.ascontiguousarray(indices, np.int64)).to(self.device)
+        return indices, torch.from_numpy(np.ascontiguousarray(logprobs, np.float32)).to(self.device)
 
     def _tensors(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None):
         mask = np.ones(targets.shape, dtype=np.float32) if mask is None else mask.astype(np.float32)
@@ -83,17 +114,20 @@ class TrainStep:
                      for a in (inputs.astype(np.int64), targets.astype(np.int64), mask))
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | None = None) -> float:
+                 micro_batches: int = 1, expert: int | None = None, teacher: tuple | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
         for the same update with less memory. expert: the cluster of every row (projected networks).
+        teacher: (indices or None, log-probabilities) of the teacher for distillation (pnlm/distill.py).
         Return the loss before the update."""
         self.model.train()
         x, y, m = self._tensors(inputs, targets, mask)
+        soft = self._teacher_tensors(teacher)
         count = m.sum().clamp(min=1.0)
         if self.world_size > 1:
             rows = torch.from_numpy(rank_rows(len(x), self.rank, self.world_size)).to(self.device)
             x, y, m = x[rows], y[rows], m[rows]
+            soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
         slices = micro_batch_rows(len(x), micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
         nll_sum = torch.zeros((), device=self.device)
@@ -104,7 +138,8 @@ class TrainStep:
             if self.fsdp:
                 self.model.set_requires_gradient_sync(last)
             with sync, self._autocast():
-                part = (self.token_nll(x[rows], y[rows], self.network, expert) * m[rows]).sum()
+                part_soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
+                part = (self.token_nll(x[rows], y[rows], self.network, expert, part_soft) * m[rows]).sum()
                 # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
                 # the summed gradient is that of the global batch's mean loss.
                 (part / count * self.world_size).backward()
