@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from pnlm.cli import cluster, data, distill, generate, info, init, instantiate, pretrain, train
+from pnlm.cli import cluster, data, distill, generate, info, init, instantiate, interop, pretrain, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 
@@ -25,6 +25,8 @@ app.command("finetune")(train.finetune)
 app.command("eval")(train.eval_command)
 app.command("fuse")(train.fuse_command)
 app.command("distill")(distill.distill)
+app.command("export")(interop.export)
+app.command("import")(interop.import_command)
 
 
 def main() -> None:

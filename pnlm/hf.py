@@ -1,0 +1,151 @@
+"""The Hugging Face Llama format: export a pnlm checkpoint for transformers and mlx-lm, import a local
+Llama folder as a pnlm checkpoint.
+
+pnlm's canonical weights already carry the Llama names and layouts, so the weights pass unchanged;
+what this module writes and reads is the configuration around them. The tokenizer goes both ways
+as SentencePiece's tokenizer.model; on export, tokenizer.json (built by transformers from it, with a
+BOS token first, as pnlm encodes) makes `AutoTokenizer` give pnlm's ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pnlm.atomic import atomic_dir
+from pnlm.checkpoint import load_checkpoint, save_checkpoint
+from pnlm.errors import CheckpointError, PnlmError
+from pnlm.spec import ModelSpec
+from pnlm.tokenizer import TOKENIZER_FILE, load_tokenizer
+from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "intermediate_size": spec.d_ff,
+        "num_hidden_layers": spec.n_layers, "num_attention_heads": spec.n_heads,
+        "num_key_value_heads": spec.n_kv_heads, "head_dim": spec.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": spec.context, "rms_norm_eps": spec.norm_eps,
+        "rope_theta": spec.rope_theta,  # top level: what mlx-lm reads
+        "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},  # what transformers 5 reads
+        "tie_word_embeddings": spec.tied_embeddings, "attention_bias": False, "mlp_bias": False,
+        "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
+    }
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a Hugging Face Llama folder (config.json, model.safetensors, tokenizer files,
+    generation_config.json) for a plain pnlm checkpoint, atomically."""
+    from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind
+
+    checkpoint = Path(checkpoint)
+    if checkpoint_kind(checkpoint) == ADAPTER_FORMAT:
+        raise PnlmError(f"{checkpoint}: LoRA adapters; export the fused model: pnlm fuse {checkpoint} --out CKPT")
+    model = load_checkpoint(checkpoint)
+    if model.spec.projection is not None:
+        raise PnlmError(f"{checkpoint}: a projected network; export one expert: pnlm instantiate {checkpoint} "
+                        f"--domain STORE --out CKPT")
+    tokenizer = model.tokenizer
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf_config(model.spec, tokenizer.bos_id, tokenizer.eos_id),
+                                                    indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "do_sample": False}, indent=2) + "\n")
+        save_safetensors(model.weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        shutil.copyfile(tokenizer.path, tmp / TOKENIZER_FILE)
+        _write_hf_tokenizer(tmp, model.spec.context)
+    return Path(out)
+
+
+def _write_hf_tokenizer(folder: Path, context: int) -> None:
+    """tokenizer.json and tokenizer_config.json from tokenizer.model, with transformers."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import LlamaTokenizer
+    except ImportError as exc:
+        raise PnlmError(f"export needs transformers to write tokenizer.json: pip install transformers ({exc})") from None
+    hf = LlamaTokenizer.from_pretrained(str(folder), add_bos_token=True, add_eos_token=False, legacy=False)
+    hf.model_max_length = context
+    hf.save_pretrained(str(folder))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("is_local", "local_files_only"):  # facts of this save, not of the model
+        config.pop(key, None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "llama":
+        raise CheckpointError(f"{path}: model_type {config.get('model_type') if isinstance(config, dict) else None!r}"
+                              f"; pnlm imports Llama models only")
+    return config
+
+
+def spec_from_hf(config: dict[str, Any], source: str) -> ModelSpec:
+    try:
+        rope = config.get("rope_parameters") or {}
+        scaling = config.get("rope_scaling")
+        if scaling or rope.get("rope_type", "default") != "default":
+            raise CheckpointError(f"{source}: RoPE scaling {scaling or rope} is not supported (plain RoPE only)")
+        if config.get("attention_bias") or config.get("mlp_bias"):
+            raise CheckpointError(f"{source}: attention or MLP biases are not supported")
+        heads = config["num_attention_heads"]
+        if config.get("head_dim") not in (None, config["hidden_size"] // heads):
+            raise CheckpointError(f"{source}: head_dim {config['head_dim']} differs from hidden_size / heads")
+        data = {"vocab_size": config["vocab_size"], "d_model": config["hidden_size"],
+                "n_layers": config["num_hidden_layers"], "n_heads": heads,
+                "n_kv_heads": config.get("num_key_value_heads") or heads, "d_ff": config["intermediate_size"],
+                "context": config.get("max_position_embeddings", 2048),
+                "rope_theta": float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
+                "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+                "tied_embeddings": bool(config.get("tie_word_embeddings", False))}
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: missing {exc}") from None
+    return ModelSpec.from_dict(data, source=source)
+
+
+def import_hf(folder: str | Path, out: str | Path) -> Path:
+    """A local Hugging Face Llama folder (one or several safetensors files) as a pnlm checkpoint."""
+    folder = Path(folder)
+    spec = spec_from_hf(_read_config(folder), str(folder / "config.json"))
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{folder}: no {TOKENIZER_FILE}; pnlm needs the SentencePiece tokenizer model")
+    tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+    if tokenizer.vocab_size != spec.vocab_size:
+        raise CheckpointError(f"{folder}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        shards = ["model.safetensors"]
+    weights: dict[str, np.ndarray] = {}
+    for shard in shards:
+        path = folder / shard
+        if not path.is_file() or Path(shard).name != shard:
+            raise CheckpointError(f"{folder}: weights file {shard} is missing")
+        header, _ = read_safetensors_header(path)
+        names = [n for n in header if n != "__metadata__"]
+        unknown = [n for n in names if "rotary_emb" not in n and not n.startswith(("model.", "lm_head."))]
+        if unknown:
+            raise CheckpointError(f"{path}: tensors pnlm does not know: {', '.join(unknown[:3])}")
+        weights.update({n: v.astype(np.float32) for n, v in load_safetensors(path).items() if "rotary_emb" not in n})
+    if spec.tied_embeddings:
+        weights.pop("lm_head.weight", None)
+    return save_checkpoint(out, spec, weights, tokenizer, "slm", extra={"imported_from": str(folder.resolve())})

@@ -1,0 +1,99 @@
+"""Hugging Face interop: an exported checkpoint loads unchanged in transformers and mlx-lm with pnlm's
+logits, greedy text and token ids; importing the export gives the model back."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pnlm
+from conftest import SAMPLE_DATA
+from pnlm.backends import make_train_step
+from pnlm.checkpoint import save_checkpoint
+from pnlm.spec import OptimizerSpec
+from pnlm.weights import init_weights
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pnlm_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pnlm.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer, tiny_spec):
+    """A tiny model trained a little on one repeated batch, so that its greedy choices are clear-cut."""
+    step = make_train_step("torch", tiny_spec, init_weights(tiny_spec, 0), OptimizerSpec(lr=1e-2))
+    text = " ".join(next(iter(json.loads(line)["text"] for line in gzip.open(SAMPLE_DATA[0], "rt"))).split()[:400])
+    ids = np.array(tokenizer.encode(text)[:257])[None, :].repeat(2, 0)
+    for _ in range(30):
+        step(ids[:, :-1], ids[:, 1:])
+    return save_checkpoint(tmp_path_factory.mktemp("hf") / "model", tiny_spec, step.canonical_weights(), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "hf"
+    result = pnlm_cli("export", trained, "--format", "hf", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_transformers_loads_the_export_with_the_same_logits_and_ids(trained, exported):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = pnlm.load(trained, backend="torch")
+    tokens = np.random.default_rng(0).integers(0, model.spec.vocab_size, (2, 64))
+    hf = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
+    with torch.no_grad():
+        logits = hf(torch.from_numpy(tokens)).logits.numpy()
+    assert np.abs(logits - model.logits(tokens)).max() < 1e-4
+    hf_tokenizer = AutoTokenizer.from_pretrained(exported)
+    lines = [line for path in SAMPLE_DATA for doc in (json.loads(x)["text"] for x in gzip.open(path, "rt"))
+             for line in doc.splitlines() if line.strip()][:1000]
+    assert len(lines) == 1000
+    assert [hf_tokenizer(line)["input_ids"] for line in lines] == [model.tokenizer.encode(line) for line in lines]
+
+
+def test_mlx_lm_loads_the_export_with_the_same_logits_and_greedy_text(trained, exported):
+    import mlx.core as mx
+    from mlx_lm import load, stream_generate
+
+    model = pnlm.load(trained, backend="mlx")
+    tokens = np.random.default_rng(1).integers(0, model.spec.vocab_size, (2, 64))
+    theirs, tokenizer = load(str(exported))
+    assert np.abs(np.array(theirs(mx.array(tokens))) - model.logits(tokens)).max() < 1e-4
+    prompt = model.tokenizer.encode("It is a truth universally acknowledged")
+    ours = list(model.generate_ids(prompt, 32))
+    generated = [response.token for response in stream_generate(theirs, tokenizer, prompt, max_tokens=32)]
+    assert len(ours) == 32 and generated == ours
+
+
+def test_import_of_the_export_is_the_model(trained, exported, tmp_path):
+    result = pnlm_cli("import", exported, "--out", tmp_path / "back")
+    assert result.returncode == 0, result.stderr
+    tokens = np.random.default_rng(2).integers(0, 100, (1, 48))
+    for backend in ("torch", "mlx"):
+        a = pnlm.load(trained, backend=backend).logits(tokens)
+        b = pnlm.load(tmp_path / "back", backend=backend).logits(tokens)
+        assert np.array_equal(a, b)
+
+
+def test_export_refuses_what_is_not_a_plain_model(tmp_path, tokenizer, tiny_spec):
+    import dataclasses
+
+    from pnlm.spec import Projection
+
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=2, m=2)).validate()
+    save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")
+    refused = pnlm_cli("export", tmp_path / "pn", "--out", tmp_path / "x")
+    assert refused.returncode == 2 and "pnlm instantiate" in refused.stderr
+    (tmp_path / "notllama").mkdir()
+    (tmp_path / "notllama" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    refused = pnlm_cli("import", tmp_path / "notllama", "--out", tmp_path / "y")
+    assert refused.returncode == 2 and "Llama" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
