@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import mlx.core as mx
@@ -55,6 +55,21 @@ class InferenceModel(inference.InferenceModel):
     def _step(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
         logits = self.model(mx.array([[int(t) for t in tokens]], dtype=mx.int32), cache)[0, -1]
         return np.array(logits.astype(mx.float32))
+
+    def _greedy(self, prompt_ids: Sequence[int], max_tokens: int, cache: KVCache) -> Iterator[int]:
+        """The argmax stays in MLX, and step n+1's graph is built and queued (async_eval) before
+        step n's token is read back: Python's work overlaps the computation."""
+        def next_token(tokens: mx.array) -> mx.array:
+            return mx.argmax(self.model(tokens, cache)[:, -1], axis=-1)
+
+        token = next_token(mx.array([[int(t) for t in prompt_ids]], dtype=mx.int32))
+        mx.async_eval(token)
+        for n in range(max_tokens):
+            following = next_token(token[:, None]) if n < max_tokens - 1 else None
+            if following is not None:
+                mx.async_eval(following)
+            yield int(token.item())
+            token = following
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         return self.model.canonical_weights()

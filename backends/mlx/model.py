@@ -56,7 +56,7 @@ class Attention(nn.Module):
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        if on_cpu():
+        if on_cpu() and length > 1:  # one query (decoding) has no mask: MLX's own kernel is the fast one
             out = self._attend(q, k, v)
         else:
             # "causal" aligns the last query with the last key, which is what a cache offset needs.
