@@ -31,6 +31,8 @@ def distill(
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
     lr: float = typer.Option(1e-4 / 3, "--lr", help="Constant learning rate (the paper's fine-tuning rate)."),
     eval_every: int = typer.Option(50, "--eval-every", help="Evaluate (loss and KL to the teacher) every N steps."),
+    eval_batches: int = typer.Option(0, "--eval-batches", help="Evaluate on the first N batches of the valid split "
+                                     "(0: all of it)."),
     patience: int = typer.Option(3, "--patience", help="Stop after this many evaluations without improvement."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop when validation stops improving."),
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
@@ -49,7 +51,7 @@ def distill(
         if ckpt.tokenizer.sha256 != store.tokenizer_sha256:
             raise PnlmError(f"{data}: prepared with another tokenizer than {path}'s")
     config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr), cosine=False,
-                         eval_every=eval_every, patience=patience if early_stop else 0,
+                         eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
                          checkpoint_every=checkpoint_every, seed=seed).validate()
     precision = _precision(precision, backend)
     teacher_step = make_train_step(backend, teacher_ckpt.spec, teacher_ckpt.weights, OptimizerSpec(), precision=precision)

@@ -97,6 +97,8 @@ def finetune(
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
     eval_every: int = typer.Option(50, "--eval-every", help="Evaluate on the valid split every N steps."),
+    eval_batches: int = typer.Option(0, "--eval-batches", help="Evaluate on the first N batches of the valid split "
+                                     "(0: all of it)."),
     patience: int = typer.Option(3, "--patience", help="Stop after this many evaluations without improvement."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop when validation stops improving."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights of the same shape (SLM-nopt)."),
@@ -115,7 +117,7 @@ def finetune(
         raise PnlmError("--lora-rank adapts a pretrained model; --from-scratch trains every weight: choose one")
     config = TrainConfig(steps=steps, batch_size=batch_size, micro_batches=grad_accum,
                          optimizer=OptimizerSpec(lr=_finetune_lr(lr, lora_rank)), cosine=False,
-                         eval_every=eval_every, patience=patience if early_stop else 0,
+                         eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
                          checkpoint_every=checkpoint_every, seed=seed).validate()
     weights = init_weights(base.spec, seed) if from_scratch else base.weights
     method = "slm-nopt" if from_scratch else base.method
