@@ -72,13 +72,25 @@ def _write_hf_tokenizer(folder: Path, context: int) -> None:
         from transformers import LlamaTokenizer
     except ImportError as exc:
         raise PnlmError(f"export needs transformers to write tokenizer.json: pip install transformers ({exc})") from None
-    hf = LlamaTokenizer.from_pretrained(str(folder), add_bos_token=True, add_eos_token=False, legacy=False)
+    hf = LlamaTokenizer.from_pretrained(str(folder), add_bos_token=True, add_eos_token=False, legacy=True)
     hf.model_max_length = context
     hf.save_pretrained(str(folder))
+    # SentencePiece always adds its dummy "▁" prefix, also before text that starts with a space;
+    # tokenizers' Metaspace adds it only where the text does not already start with one, which changes
+    # the ids of lines with leading whitespace (code). Prepend-then-replace normalizes as SentencePiece does.
+    tokenizer_path = folder / "tokenizer.json"
+    tokenizer_json = json.loads(tokenizer_path.read_text(encoding="utf-8"))
+    tokenizer_json["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    tokenizer_json["pre_tokenizer"] = None
+    tokenizer_path.write_text(json.dumps(tokenizer_json, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     for key in ("is_local", "local_files_only"):  # facts of this save, not of the model
         config.pop(key, None)
+    # LlamaTokenizer would rebuild the Metaspace pre-tokenizer over the normalizer above; the generic
+    # fast tokenizer loads tokenizer.json as it is.
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -57,6 +57,8 @@ def test_transformers_loads_the_export_with_the_same_logits_and_ids(trained, exp
     lines = [line for path in SAMPLE_DATA for doc in (json.loads(x)["text"] for x in gzip.open(path, "rt"))
              for line in doc.splitlines() if line.strip()][:1000]
     assert len(lines) == 1000
+    # Leading whitespace (code) is where a Metaspace pre-tokenizer and SentencePiece part ways.
+    lines += ["   indented(code)", " one leading space", "\ttab first", "two  inner   spaces ", "    "]
     assert [hf_tokenizer(line)["input_ids"] for line in lines] == [model.tokenizer.encode(line) for line in lines]
 
 
