@@ -18,7 +18,7 @@ from pnlm.backends import make_train_step
 from pnlm.checkpoint import ModelWriter
 from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, _steps
 from pnlm.cluster.clusters import load_clusters
-from pnlm.cli.console import console
+from pnlm.cli.console import console, print_json
 from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
@@ -158,9 +158,15 @@ def _pretrain_mixture(spec, store, fitted, chosen, config, backend, options, out
         chosen = chosen[int(os.environ.get("RANK", "0"))::world]
         options = {**options, "distributed": False}
     write_mix_file(out, fitted.k, fitted.store_info(), spec)
+    summaries = {}
     for expert in chosen:
         run = expert_dir(out, expert)
         sampler = ExpertSampler(store, config.batch_size, seed, fitted.k, expert)
         step_fn = make_train_step(backend, spec, init_weights(spec, seed + expert), config.optimizer, **options)
-        _run(step_fn, spec, store.tokenizer(), store, config, run, resume and (run / LATEST).exists(), "mix",
-             json_out, sampler=sampler)
+        if not json_out:
+            console.print(f"expert {expert} (cluster {expert}'s {len(sampler.members):,} train windows):")
+        summaries[str(expert)] = _run(step_fn, spec, store.tokenizer(), store, config, run,
+                                      resume and (run / LATEST).exists(), "mix", json_out, sampler=sampler,
+                                      report=not json_out)
+    if json_out:
+        print_json({"out": str(out), "k": fitted.k, "experts": summaries})

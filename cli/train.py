@@ -45,11 +45,13 @@ def _finetune_lr(lr: float | None, lora_rank: int) -> float:
 
 
 def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None, sampler=None,
-         summary: dict | None = None, teacher=None) -> None:
+         summary: dict | None = None, teacher=None, report: bool = True) -> dict | None:
+    """Train with a progress bar; print the summary (text, or one JSON object with json_out) unless
+    report is False, and return it."""
     if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
         train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer,
               sampler=sampler, teacher=teacher)
-        return
+        return None
     with StepProgress("training", config.steps) as bar:
         def log(record: dict) -> None:
             status = f"loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
@@ -67,9 +69,11 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
                "flops": result.flops, "device_hours": result.device_hours, "mfu": result.mfu,
                "devices": step_fn.devices, "device": step_fn.device_name, "precision": step_fn.precision,
                **(summary or {})}
+    if not report:
+        return summary
     if json_out:
         print_json(summary)
-        return
+        return summary
     mfu = f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
     best = f"; best validation loss {result.best_val_loss:.4f} in {Path(out) / BEST}" if result.best_val_loss else ""
     console.print(f"{result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s "
@@ -77,6 +81,7 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
                   f"device-hours{mfu}); final loss {result.final_loss:.4f}{best}; "
                   f"resumable checkpoint in {Path(out) / LATEST}"
                   + ("; stopped early" if result.stopped_early else ""))
+    return summary
 
 
 def finetune(

@@ -148,3 +148,12 @@ def test_importance_sampling_follows_the_domain_histogram(tmp_path, corpus):
     missing = pnlm_cli("pretrain", "--method", "is", "--model", "tiny", "--data", generic.path, "--clusters", clusters,
                        "--backend", "torch", "--steps", 2, "--out", tmp_path / "x")
     assert missing.returncode == 2 and "--domain" in missing.stderr
+
+
+def test_mixture_json_is_one_object(tmp_path, corpus):
+    generic, _, clusters = corpus
+    result = pnlm_cli("pretrain", "--method", "mix", "--model", "tiny", "--data", generic.path, "--clusters", clusters,
+                      "--backend", "torch", "--steps", 2, "--batch-size", 2, "--out", tmp_path / "mix", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert sorted(summary["experts"]) == ["0", "1"] and all(e["steps"] == 2 for e in summary["experts"].values())
