@@ -130,7 +130,7 @@ class TrainStep:
             soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
         slices = micro_batch_rows(len(x), micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
-        nll_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
         for i, rows in enumerate(slices):
             # DDP averages gradients over ranks once, at the last slice.
             last = i == len(slices) - 1
@@ -143,10 +143,10 @@ class TrainStep:
                 # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
                 # the summed gradient is that of the global batch's mean loss.
                 (part / count * self.world_size).backward()
-            nll_sum += part.detach()
+            loss_sum += part.detach()
         torch.nn.utils.clip_grad_norm_(self.parameters, self.spec.clip_norm)
         self.optimizer.step()
-        return float(all_reduce_sum(nll_sum) / count)
+        return float(all_reduce_sum(loss_sum) / count)
 
     @torch.no_grad()
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
