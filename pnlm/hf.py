@@ -18,14 +18,11 @@ from typing import Any
 import numpy as np
 
 from pnlm.atomic import atomic_dir
-from pnlm.checkpoint import load_checkpoint, save_checkpoint
+from pnlm.checkpoint import load_checkpoint, read_json, save_checkpoint
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE, load_tokenizer
 from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
-
-MAX_CONFIG_BYTES = 1 << 20
-
 
 def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
     return {
@@ -98,15 +95,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("model_type") != "llama":
-        raise CheckpointError(f"{path}: model_type {config.get('model_type') if isinstance(config, dict) else None!r}"
-                              f"; pnlm imports Llama models only")
+    config = read_json(path)  # bounded in size, a JSON object, or a clear error
+    if config.get("model_type") != "llama":
+        raise CheckpointError(f"{path}: model_type {config.get('model_type')!r}; pnlm imports Llama models only")
     return config
 
 
