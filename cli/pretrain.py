@@ -22,7 +22,7 @@ from pnlm.cli.console import console, print_json
 from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.experts import domain_histogram, expert_dir, write_mix_file
+from pnlm.experts import check_labelled, domain_histogram, expert_dir, write_mix_file
 from pnlm.loop import LATEST, TrainConfig
 from pnlm.spec import OptimizerSpec, Projection, load_spec
 from pnlm.weights import init_weights
@@ -43,13 +43,6 @@ def _projection(text: str | None, preset: Projection | None, k: int) -> Projecti
     if k_given != k:
         raise PnlmError(f"--projection has k={k_given} experts but the clusters have k={k}")
     return Projection(h=h, k=k, m=m)
-
-
-def _labelled(store: TokenStore, clusters) -> None:
-    info = store.clusters_info()
-    if info is None or info.get("centroids_sha256") != clusters.centroids_sha256:
-        raise PnlmError(f"{store.path}: not labelled with {clusters.path}; the store `pnlm data cluster` ran on "
-                        f"is, or run `pnlm data assign {store.path} --clusters {clusters.path}`")
 
 
 def _experts(text: str | None, k: int) -> list[int]:
@@ -115,7 +108,7 @@ def pretrain(
     if clusters is None:
         raise PnlmError(f"--method {method} needs --clusters (from `pnlm data cluster`)")
     fitted = load_clusters(clusters)
-    _labelled(store, fitted)
+    check_labelled(store, fitted.store_info())
     if method == "pn":
         spec = spec.with_projection(_projection(projection, spec.projection, fitted.k))
         writer = ModelWriter(spec, store.tokenizer(), "pn", extra={"clusters": fitted.store_info()})

@@ -45,17 +45,23 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def _kl_to_teacher(student_logits: np.ndarray, teacher_logprobs: np.ndarray, teacher_indices: np.ndarray | None,
+                   temperature: float) -> np.ndarray:
+    """KL(teacher_T ‖ student_T) per position, over the teacher's tokens (renormalized), in float64."""
+    student = _log_softmax(student_logits.astype(np.float64) / temperature)
+    if teacher_indices is not None:
+        student = np.take_along_axis(student, teacher_indices, -1)
+    teacher = _log_softmax(np.asarray(teacher_logprobs, dtype=np.float64) / temperature)
+    return (np.exp(teacher) * (teacher - student)).sum(-1)
+
+
 def distill_loss(student_logits: np.ndarray, targets: np.ndarray, mask: np.ndarray, teacher_logprobs: np.ndarray,
                  teacher_indices: np.ndarray | None, spec: DistillSpec) -> float:
     """The loss above, in float64, for logits (B, T, V), targets and mask (B, T), and the teacher's
     log-probabilities (B, T, K) of the tokens teacher_indices (B, T, K) (None: all V, in order)."""
     logits = student_logits.astype(np.float64)
     ce = -np.take_along_axis(_log_softmax(logits), targets[..., None], -1)[..., 0]
-    student = _log_softmax(logits / spec.temperature)
-    if teacher_indices is not None:
-        student = np.take_along_axis(student, teacher_indices, -1)
-    teacher = _log_softmax(teacher_logprobs.astype(np.float64) / spec.temperature)
-    kl = (np.exp(teacher) * (teacher - student)).sum(-1)
+    kl = _kl_to_teacher(logits, teacher_logprobs, teacher_indices, spec.temperature)
     per_token = (1 - spec.alpha) * ce + spec.alpha * spec.temperature ** 2 * kl
     return float((per_token * mask).sum() / max(mask.sum(), 1.0))
 
@@ -143,11 +149,7 @@ def teacher_kl(step_fn: Any, teacher: Any, store: TokenStore, split: str, batch_
             break
         inputs, _, mask = shifted(*store.batch(split, rows))
         indices, teacher_logprobs = teacher.soft_targets(split, rows, inputs)
-        student = step_fn.log_probs(inputs).astype(np.float64)
-        if indices is not None:
-            student = np.take_along_axis(student, indices, -1)
-        tempered = _log_softmax(np.asarray(teacher_logprobs, dtype=np.float64))
-        kl = (np.exp(tempered) * (tempered - student)).sum(-1)
+        kl = _kl_to_teacher(step_fn.log_probs(inputs), teacher_logprobs, indices, 1.0)
         total, count = total + float((kl * mask).sum()), count + float(mask.sum())
     if not count:
         raise PnlmError(f"{store.path}: the {split} split has no tokens to compare student and teacher on")

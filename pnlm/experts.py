@@ -73,18 +73,20 @@ class Instantiated:
     report: dict[str, Any]
 
 
+def check_labelled(store: TokenStore, clusters: dict[str, Any], split: str = "train") -> np.ndarray:
+    """The split's cluster labels, if they come from these clusters (`Clusters.store_info()`); else
+    a clear error with the command that labels the store."""
+    info, ids = store.clusters_info(), store.cluster_ids(split)
+    if ids is None or info is None or info.get("centroids_sha256") != clusters.get("centroids_sha256"):
+        raise PnlmError(f"{store.path}: its {split} split is not labelled with the clusters {clusters.get('clusters')}; "
+                        f"run `pnlm data assign {store.path} --clusters {clusters.get('clusters')} --split {split}` "
+                        f"(the store `pnlm data cluster` ran on is labelled already)")
+    return ids
+
+
 def domain_histogram(domain: str | Path, clusters: dict[str, Any]) -> dict[str, Any]:
     """The domain's train-split histogram over the run's clusters, checking the labels are theirs."""
-    store = TokenStore(domain)
-    info = store.clusters_info()
-    ids = store.cluster_ids("train")
-    if ids is None or info is None:
-        raise PnlmError(f"{domain}: not labelled with clusters; run `pnlm data assign {domain} "
-                        f"--clusters {clusters.get('clusters', 'CLUSTERS')}` first")
-    if info.get("centroids_sha256") != clusters.get("centroids_sha256"):
-        raise PnlmError(f"{domain}: labelled with other clusters ({info.get('clusters')}) than the run's "
-                        f"({clusters.get('clusters')}); relabel it with `pnlm data assign`")
-    return histogram_report(ids, int(clusters["k"]))
+    return histogram_report(check_labelled(TokenStore(domain), clusters), int(clusters["k"]))
 
 
 def instantiate_expert(run: str | Path, domain: str | Path | None, expert: str) -> Instantiated:
@@ -117,8 +119,9 @@ def instantiate_expert(run: str | Path, domain: str | Path | None, expert: str) 
             raise PnlmError(f"--expert {index}: the run has {k} experts (0 to {k - 1})")
         report["expert"] = index
         if is_mix:
-            chosen = load_checkpoint(final_checkpoint(expert_dir(run, index)))
-            report["source"] = str(final_checkpoint(expert_dir(run, index)))
+            source = final_checkpoint(expert_dir(run, index))
+            chosen = load_checkpoint(source)
+            report["source"] = str(source)
             return Instantiated(chosen.spec, chosen.weights, chosen.tokenizer, "slm-mix", report)
         vector = expert_vector(checkpoint.weights, expert=index)
     spec = checkpoint.spec

@@ -134,32 +134,22 @@ class InferenceModel(abc.ABC):
             return
         cache = self._new_cache(total)
         start = time.perf_counter()
-        if temperature == 0.0:
-            tokens = self._greedy(prompt_ids, max_tokens, cache)
-            first = next(tokens)
-        else:
-            logits = self._step(prompt_ids, cache)
-        stats.prompt_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for n in range(max_tokens):
-            if temperature == 0.0:
-                token = first if n == 0 else next(tokens)
-            else:
-                token = sampler(logits)
+        for n, token in enumerate(self._tokens(prompt_ids, max_tokens, cache, sampler)):
+            now = time.perf_counter()
+            if n == 0:  # the first token comes with the prompt's forward pass
+                stats.prompt_s, start = now - start, now
             stats.generated_tokens += 1
-            stats.generate_s = time.perf_counter() - start
+            stats.generate_s = now - start
             yield token
             if (stop_at_eos and token == self.tokenizer.eos_id) or n == max_tokens - 1:
                 return
-            if temperature != 0.0:
-                logits = self._step([token], cache)
 
-    def _greedy(self, prompt_ids: Sequence[int], max_tokens: int, cache: object) -> Iterator[int]:
-        """Greedy tokens one by one (the argmax of each step's logits). A backend may override this to
-        keep the argmax on its device and overlap the steps."""
+    def _tokens(self, prompt_ids: Sequence[int], max_tokens: int, cache: object, sampler: Sampler) -> Iterator[int]:
+        """New tokens one by one, each chosen by the sampler from the last step's logits. A backend may
+        override this (greedily: keep the argmax on its device and overlap the steps)."""
         logits = self._step(prompt_ids, cache)
         for _ in range(max_tokens):
-            token = int(np.argmax(logits))
+            token = sampler(logits)
             yield token
             logits = self._step([token], cache)
 

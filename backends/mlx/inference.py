@@ -12,6 +12,7 @@ from pnlm import inference
 from pnlm.backends.mlx.lora import apply_lora
 from pnlm.backends.mlx.model import KVCache, Transformer
 from pnlm.errors import BackendError
+from pnlm.sampling import Sampler
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
@@ -56,9 +57,15 @@ class InferenceModel(inference.InferenceModel):
         logits = self.model(mx.array([[int(t) for t in tokens]], dtype=mx.int32), cache)[0, -1]
         return np.array(logits.astype(mx.float32))
 
-    def _greedy(self, prompt_ids: Sequence[int], max_tokens: int, cache: KVCache) -> Iterator[int]:
-        """The argmax stays in MLX, and step n+1's graph is built and queued (async_eval) before
-        step n's token is read back: Python's work overlaps the computation."""
+    def _tokens(self, prompt_ids: Sequence[int], max_tokens: int, cache: KVCache,
+                sampler: Sampler) -> Iterator[int]:
+        """Greedily, the argmax stays in MLX, and step n+1's graph is built and queued (async_eval)
+        before step n's token is read back: Python's work overlaps the computation. Sampling with a
+        temperature goes through the shared numpy sampler, so both backends draw the same tokens."""
+        if sampler.config.temperature != 0.0:
+            yield from super()._tokens(prompt_ids, max_tokens, cache, sampler)
+            return
+
         def next_token(tokens: mx.array) -> mx.array:
             return mx.argmax(self.model(tokens, cache)[:, -1], axis=-1)
 

@@ -15,8 +15,8 @@ class LoRALinear(nn.Linear):
     nn.Linear so that the base weight keeps its canonical name (….q_proj.weight)."""
 
     def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
-        super().__init__(base.in_features, base.out_features, bias=False, device=base.weight.device,
-                         dtype=base.weight.dtype)
+        # On the meta device: no second copy of the weight is allocated and initialized, only to be replaced.
+        super().__init__(base.in_features, base.out_features, bias=False, device="meta", dtype=base.weight.dtype)
         self.weight = base.weight
         self.weight.requires_grad_(False)
         self.lora_A = nn.Parameter(torch.zeros(rank, base.in_features, device=base.weight.device))

@@ -129,7 +129,7 @@ class ImportanceSampler:
         from pnlm.cluster.histogram import cluster_histogram, importance_weights
 
         self.store, self.batch_size, self.seed = store, batch_size, seed
-        labels = _labels(store, "train", k)
+        self.labels = labels = _labels(store, "train", k)
         self.generic_histogram = cluster_histogram(labels, k)
         self.domain_histogram = np.asarray(domain_histogram, dtype=np.float64)
         self.weights = importance_weights(self.domain_histogram, self.generic_histogram)  # refuses uncovered clusters
@@ -153,6 +153,5 @@ class ImportanceSampler:
 
     def sampled_histogram(self, steps: int) -> np.ndarray:
         """The cluster histogram of the windows the first `steps` steps draw."""
-        labels = self.store.cluster_ids("train")
-        drawn = np.concatenate([labels[self.train_batch(s)[0]] for s in range(steps)])
+        drawn = np.concatenate([self.labels[self.train_batch(s)[0]] for s in range(steps)])
         return np.bincount(drawn, minlength=len(self.domain_histogram)) / len(drawn)
