@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pnlm.sampling import Sampler
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
+CACHE_LENGTH_STEP = 256
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -51,23 +53,44 @@ class InferenceModel(inference.InferenceModel):
         return np.array(logits.astype(mx.float32))
 
     def _new_cache(self, max_length: int) -> KVCache:
-        return KVCache(self.spec, max_length, 1, self.dtype)
+        # Lengths rounded up share one trace of the compiled step (a few masked keys more per token).
+        rounded = -(-max_length // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP
+        return KVCache(self.spec, min(rounded, self.spec.context), 1, self.dtype)
 
     def _step(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
-        logits = self.model(mx.array([[int(t) for t in tokens]], dtype=mx.int32), cache)[0, -1]
+        logits = self._last_logits(mx.array([[int(t) for t in tokens]], dtype=mx.int32), cache)[0]
         return np.array(logits.astype(mx.float32))
+
+    def _last_logits(self, tokens: mx.array, cache: KVCache) -> mx.array:
+        """The last position's logits (1, vocab) after appending tokens (1, time) to the cache. One token
+        goes through a compiled step: a graph traced once per cache length, not rebuilt in Python per token."""
+        if tokens.shape[1] > 1:
+            return self.model(tokens, cache)[:, -1]
+        logits, cache.keys, cache.values = self._decode(tokens, mx.array(cache.offset, dtype=mx.int32),
+                                                        cache.keys, cache.values)
+        cache.offset += 1
+        return logits
+
+    @functools.cached_property
+    def _decode(self):
+        def decode(token: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
+            cache = KVCache.holding(keys, values, offset)
+            logits = self.model(token, cache)[:, -1]
+            return logits, cache.keys, cache.values
+
+        return mx.compile(decode, inputs=self.model.state)
 
     def _tokens(self, prompt_ids: Sequence[int], max_tokens: int, cache: KVCache,
                 sampler: Sampler) -> Iterator[int]:
-        """Greedily, the argmax stays in MLX, and step n+1's graph is built and queued (async_eval)
-        before step n's token is read back: Python's work overlaps the computation. Sampling with a
-        temperature goes through the shared numpy sampler, so both backends draw the same tokens."""
+        """Greedily, the argmax stays in MLX, and step n+1 is queued (async_eval) before step n's token
+        is read back: Python's work overlaps the computation. Sampling with a temperature goes through
+        the shared numpy sampler, so both backends draw the same tokens."""
         if sampler.config.temperature != 0.0:
             yield from super()._tokens(prompt_ids, max_tokens, cache, sampler)
             return
 
         def next_token(tokens: mx.array) -> mx.array:
-            return mx.argmax(self.model(tokens, cache)[:, -1], axis=-1)
+            return mx.argmax(self._last_logits(tokens, cache), axis=-1)
 
         token = next_token(mx.array([[int(t) for t in prompt_ids]], dtype=mx.int32))
         mx.async_eval(token)

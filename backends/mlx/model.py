@@ -16,19 +16,40 @@ from pnlm.spec import ModelSpec
 
 
 class KVCache:
-    """Preallocated keys and values of one sequence, for every layer."""
+    """Preallocated keys and values of one sequence, for every layer, and how many positions are filled.
+
+    `offset` is a Python int while prefilling; in a compiled decoding step it is a 0-d array, so every
+    step has the same shapes (one trace): the new position is written at the offset, and the single query
+    attends over the whole preallocated length under a mask of the filled positions."""
 
     def __init__(self, spec: ModelSpec, max_length: int, batch: int, dtype) -> None:
         shape = (batch, spec.n_kv_heads, max_length, spec.head_dim)
         self.keys = [mx.zeros(shape, dtype=dtype) for _ in range(spec.n_layers)]
         self.values = [mx.zeros(shape, dtype=dtype) for _ in range(spec.n_layers)]
-        self.offset = 0
+        self.offset: int | mx.array = 0
+
+    @classmethod
+    def holding(cls, keys: list[mx.array], values: list[mx.array], offset: mx.array) -> "KVCache":
+        cache = cls.__new__(cls)
+        cache.keys, cache.values, cache.offset = list(keys), list(values), offset
+        return cache
 
     def update(self, layer: int, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        end = self.offset + k.shape[2]
-        self.keys[layer][:, :, self.offset:end] = k
-        self.values[layer][:, :, self.offset:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if isinstance(self.offset, int):
+            end = self.offset + k.shape[2]
+            self.keys[layer][:, :, self.offset:end] = k
+            self.values[layer][:, :, self.offset:end] = v
+            return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        start = self.offset.reshape(1)
+        self.keys[layer] = mx.slice_update(self.keys[layer], k, start, axes=(2,))
+        self.values[layer] = mx.slice_update(self.values[layer], v, start, axes=(2,))
+        return self.keys[layer], self.values[layer]
+
+    def decoding_mask(self) -> mx.array | None:
+        """Which keys one query at the offset sees; None when the keys returned are exactly those."""
+        if isinstance(self.offset, int):
+            return None
+        return mx.arange(self.keys[0].shape[2]) <= self.offset
 
 
 QUERY_BLOCK = 128  # queries per block of causal attention on the CPU
@@ -60,7 +81,7 @@ class Attention(nn.Module):
             out = self._attend(q, k, v)
         else:
             # "causal" aligns the last query with the last key, which is what a cache offset needs.
-            mask = "causal" if length > 1 else None
+            mask = "causal" if length > 1 else cache.decoding_mask() if cache is not None else None
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
