@@ -23,7 +23,7 @@ endif
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[torch,mlx,data,hf,test]' $(PLATFORM_DEPS)
+	$(BIN)/python -m pip install --quiet -e '.[torch,mlx,data,hf,report,test]' $(PLATFORM_DEPS)
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from pnlm.cli import cluster, data, distill, generate, info, init, instantiate, interop, pretrain, train
+from pnlm.cli import advise, cluster, data, distill, experiment, generate, info, init, instantiate, interop, pretrain, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 
@@ -16,6 +16,7 @@ app = typer.Typer(name="pnlm", no_args_is_help=True, add_completion=False, prett
 data.app.command("cluster")(cluster.cluster)
 data.app.command("assign")(cluster.assign)
 app.add_typer(data.app, name="data")
+app.add_typer(experiment.app, name="experiment")
 app.command("init")(init.init)
 app.command("info")(info.info)
 app.command("generate")(generate.generate)
@@ -27,6 +28,7 @@ app.command("fuse")(train.fuse_command)
 app.command("distill")(distill.distill)
 app.command("export")(interop.export)
 app.command("import")(interop.import_command)
+app.command("advise")(advise.advise)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import typer
@@ -19,12 +20,17 @@ INPUTS_HELP = ("Corpus files: .jsonl[.gz] (one JSON object a line with a text fi
 TEXT_FIELD = typer.Option("text", "--text-field", help="JSONL key or Parquet column holding the text.")
 TXT_MODE = typer.Option("file", "--txt-mode", help=f"How .txt files split into documents: {' or '.join(TXT_MODES)}.")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip and count malformed JSONL records instead of stopping at the first.")
+MAX_DOCUMENTS = typer.Option(0, "--max-documents", help="Read only the first N documents of the inputs (0: all).")
 
 
-def _documents(inputs: list[Path], text_field: str, txt_mode: str, skip_bad: bool, stats: ReadStats):
+def _documents(inputs: list[Path], text_field: str, txt_mode: str, skip_bad: bool, stats: ReadStats,
+               max_documents: int = 0):
     if txt_mode not in TXT_MODES:
         raise InputError(f"--txt-mode must be one of {', '.join(TXT_MODES)}, got {txt_mode!r}")
-    return iter_documents(inputs, text_field=text_field, txt_mode=txt_mode, skip_bad=skip_bad, stats=stats)
+    if max_documents < 0:
+        raise InputError(f"--max-documents must be >= 0, got {max_documents}")
+    documents = iter_documents(inputs, text_field=text_field, txt_mode=txt_mode, skip_bad=skip_bad, stats=stats)
+    return itertools.islice(documents, max_documents) if max_documents else documents
 
 
 def _report_skipped(stats: ReadStats) -> None:
@@ -41,11 +47,13 @@ def tokenizer(
     text_field: str = TEXT_FIELD,
     txt_mode: str = TXT_MODE,
     skip_bad: bool = SKIP_BAD,
+    max_documents: int = MAX_DOCUMENTS,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train a SentencePiece BPE tokenizer (byte fallback, BOS/EOS, Llama settings) on a corpus."""
     stats = ReadStats()
-    documents = track(_documents(inputs, text_field, txt_mode, skip_bad, stats), "reading documents", unit="docs")
+    documents = track(_documents(inputs, text_field, txt_mode, skip_bad, stats, max_documents), "reading documents",
+                      unit="docs")
     tok = train_tokenizer(documents, vocab_size, out, max_sentences=max_sentences)
     _report_skipped(stats)
     result = {"out": str(out), "vocab_size": tok.vocab_size, "sha256": tok.sha256}
@@ -67,6 +75,7 @@ def prepare(
     text_field: str = TEXT_FIELD,
     txt_mode: str = TXT_MODE,
     skip_bad: bool = SKIP_BAD,
+    max_documents: int = MAX_DOCUMENTS,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Tokenize a corpus in parallel into a memory-mapped token store with train/valid/test splits.
@@ -76,7 +85,7 @@ def prepare(
     """
     tok = load_tokenizer(tokenizer)
     read_stats = ReadStats()
-    documents = _documents(inputs, text_field, txt_mode, skip_bad, read_stats)
+    documents = _documents(inputs, text_field, txt_mode, skip_bad, read_stats, max_documents)
     with RateCounter("tokenizing", "tokens") as counter:
         store, stats = prepare_store(documents, tok, out, context, valid_fraction, test_fraction,
                                      workers=workers or None, sources=[str(p) for p in inputs],
@@ -92,3 +101,24 @@ def prepare(
         console.print(f"{split:>5}: {counts['documents']:,} documents, {counts['tokens']:,} tokens, {counts['windows']:,} windows")
     console.print(f"{stats.total_tokens:,} tokens in {stats.seconds:.1f} s ({result['tokens_per_s']:,} tokens/s); "
                   f"{stats.empty_documents} empty documents skipped; written to {out}")
+
+
+@app.command("subset")
+def subset(
+    store: Path = typer.Argument(..., help="Token store to take from."),
+    train_tokens: int = typer.Option(..., "--train-tokens", help="Tokens to keep in the train split: its first "
+                                     "documents' windows in store order (valid and test are kept whole)."),
+    out: Path = typer.Option(..., "--out", help="Token store folder to write."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """A copy of a store with a smaller train split: a domain's data at a given size, labels included."""
+    from pnlm.data.subset import subset_store
+
+    result = subset_store(store, out, train_tokens)
+    report = {"out": str(out), "splits": result.meta["splits"]}
+    if json_out:
+        print_json(report)
+        return
+    train = result.meta["splits"]["train"]
+    console.print(f"{out}: train split of {train['tokens']:,} tokens ({train['windows']:,} windows); "
+                  f"valid and test as in {store}")
