@@ -307,9 +307,9 @@ class Runner:
             self.write_outputs(cells, shared)
         from pnlm.experiment.report import write_report
 
-        report = write_report(self.out)
         info["finished"] = _now()
         write_json(info_path, info)
+        report = write_report(self.out)
         return {"out": str(self.out), "cells": len(cells), "report": str(report),
                 "results": str(self.out / "results.csv")}
 
@@ -329,12 +329,16 @@ def _now() -> str:
 
 
 def _commit() -> str | None:
+    """The checkout's commit, with "+changes" when its tracked files differ from it."""
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, cwd=Path(__file__).parent, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout.strip() or None
+    commit = head.stdout.strip()
+    return (commit + ("+changes" if changed.stdout.strip() else "")) or None
 
 
 def _machine() -> str:
