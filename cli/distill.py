@@ -38,7 +38,7 @@ def distill(
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Distill: the student learns the domain's tokens and the teacher's distributions at once."""

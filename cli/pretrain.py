@@ -23,7 +23,7 @@ from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.experts import check_labelled, domain_histogram, expert_dir, write_mix_file
-from pnlm.loop import LATEST, TrainConfig
+from pnlm.loop import TrainConfig
 from pnlm.spec import OptimizerSpec, Projection, load_spec
 from pnlm.weights import init_weights
 
@@ -84,7 +84,8 @@ def pretrain(
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the valid split every N steps (0: never)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and of the data order."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet "
+                                "(one command line for a job that may be killed and restarted)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Pretrain from scratch on a token store (AdamW, warmup + cosine decay, clipping)."""
@@ -158,8 +159,7 @@ def _pretrain_mixture(spec, store, fitted, chosen, config, backend, options, out
         step_fn = make_train_step(backend, spec, init_weights(spec, seed + expert), config.optimizer, **options)
         if not json_out:
             console.print(f"expert {expert} (cluster {expert}'s {len(sampler.members):,} train windows):")
-        summaries[str(expert)] = _run(step_fn, spec, store.tokenizer(), store, config, run,
-                                      resume and (run / LATEST).exists(), "mix", json_out, sampler=sampler,
-                                      report=not json_out)
+        summaries[str(expert)] = _run(step_fn, spec, store.tokenizer(), store, config, run, resume, "mix",
+                                      json_out, sampler=sampler, report=not json_out)
     if json_out:
         print_json({"out": str(out), "k": fitted.k, "experts": summaries})

@@ -109,7 +109,8 @@ def finetune(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights of the same shape (SLM-nopt)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order (and of the weights with --from-scratch)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet "
+                                "(one command line for a job that may be killed and restarted)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Fine-tune a checkpoint on a domain's data, keeping the weights with the best validation loss."""

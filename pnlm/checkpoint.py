@@ -109,7 +109,7 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd numbers, deep nesting
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
@@ -122,7 +122,7 @@ def checkpoint_kind(path: str | Path) -> str:
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     kind = read_json(path / MANIFEST_FILE).get("format")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise CheckpointError(f"{path / MANIFEST_FILE}: unknown format {kind!r}; expected {' or '.join(KINDS)}")
     return kind
 
@@ -154,7 +154,7 @@ def verify_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
 def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
     path = Path(path)
     config = verify_checkpoint(path) if config is None else config
-    if config.get("format") not in KINDS or config.get("version") != VERSION:
+    if not isinstance(config.get("format"), str) or config["format"] not in KINDS or config.get("version") != VERSION:
         raise CheckpointError(f"{path / CONFIG_FILE}: expected format {FORMAT!r} version {VERSION}")
     try:
         return ModelSpec.from_dict(config.get("spec"), source=str(path / CONFIG_FILE))

@@ -2,7 +2,15 @@
 
 
 class PnlmError(Exception):
-    """Base of every error that means bad input or a bad file, never a bug."""
+    """Base of every error that means bad input or a bad file, never a bug.
+
+    The message is one line: the line breaks of a reason quoted from a library (pyarrow, zlib, json)
+    become spaces, so the CLI's error is one line whatever the cause."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        if isinstance(message, str) and ("\n" in message or "\r" in message):
+            message = " ".join(part.strip() for part in message.splitlines() if part.strip())
+        super().__init__(message, *args)
 
 
 class SpecError(PnlmError):
@@ -23,3 +31,7 @@ class InputError(PnlmError):
 
 class BackendError(PnlmError):
     """A backend that is not installed or a device that is not there."""
+
+
+class WriteError(PnlmError):
+    """An output that cannot be written (disk full, no permission); what was there before is intact."""

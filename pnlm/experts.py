@@ -47,7 +47,7 @@ def read_mix_file(run: Path) -> dict[str, Any]:
     path = run / MIX_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise PnlmError(f"{path}: not a readable mixture description ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != "pnlm-mix" or not isinstance(data.get("k"), int):
         raise PnlmError(f"{path}: not a pnlm mixture description")

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pnlm.atomic import atomic_file, sweep
 from pnlm.checkpoint import ModelWriter
 from pnlm.cost import cost_record, train_flops_per_token
 from pnlm.data.samplers import UniformSampler, ordered_groups
@@ -133,7 +134,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         run_dir.mkdir(parents=True, exist_ok=True)
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
-    if resume:
+    if main:
+        sweep(run_dir)
+    if resume and (run_dir / LATEST).exists():
         trainer = writer.restore(run_dir / LATEST, step_fn)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
@@ -142,7 +145,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
             _truncate_metrics(run_dir / METRICS, state["step"])
     elif (run_dir / LATEST).exists():
         raise PnlmError(f"{run_dir}: holds a run already; pass --resume to continue it, or another --out")
-    elif main:
+    elif main:  # a fresh run, or --resume of one killed before its first checkpoint
         (run_dir / METRICS).unlink(missing_ok=True)
 
     def save(folder: str, with_state: bool) -> None:
@@ -209,8 +212,17 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines a killed run logged after its last checkpoint, so a resumed log reads as one run."""
+    """Drop the lines a killed run logged after its last checkpoint (and a line it was killed while
+    writing), so a resumed log reads as one run."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    with atomic_file(path) as f:
+        f.write("".join(line + "\n" for line in kept).encode())

@@ -212,12 +212,12 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
         raise SpecError(f"{path}: spec file larger than {MAX_SPEC_BYTES} bytes")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, bad UTF-8, absurd numbers, deep nesting
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
     table = data.get("model", data)
     preset = table.pop("preset", None) if isinstance(table, dict) else None
     if preset is not None:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise SpecError(f"{path}: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         table = {**dataclasses.asdict(PRESETS[preset]), **table}
     return ModelSpec.from_dict(table, source=str(path))

@@ -129,7 +129,7 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
             raise CheckpointError(f"{path}: safetensors header claims {length} bytes, the file has {size}")
         try:
             header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise CheckpointError(f"{path}: safetensors header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a table")

@@ -51,6 +51,27 @@ def test_kill_and_resume_gives_the_uninterrupted_losses(tmp_path, store, backend
     assert np.abs(np.array(a) - np.array(b)).max() <= tolerance
 
 
+def test_resume_drops_a_torn_metrics_line_and_starts_a_run_with_no_checkpoint(tmp_path, store):
+    common = ["pretrain", "--model", "tiny", "--data", store.path, "--backend", "torch", "--batch-size", 8,
+              "--checkpoint-every", 4, "--warmup", 0]
+    straight = pnlm_cli(*common, "--steps", 8, "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    run = tmp_path / "run"
+    fresh = pnlm_cli(*common, "--steps", 8, "--out", run, "--resume")  # nothing to resume yet: starts at step 0
+    assert fresh.returncode == 0, fresh.stderr
+    assert losses(run) == losses(tmp_path / "straight")
+    # a run killed at step 7 while writing its metrics line, its latest checkpoint at step 4
+    killed = tmp_path / "killed"
+    assert pnlm_cli(*common, "--steps", 4, "--out", killed).returncode == 0
+    later = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[4:7]
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write(later[0] + "\n" + later[1] + "\n" + later[2][:17])
+    again = pnlm_cli(*common, "--steps", 8, "--out", killed, "--resume")
+    assert again.returncode == 0, again.stderr
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
 def test_finetune_stops_early_and_keeps_the_best(tmp_path, store, tokenizer):
     pre = pnlm_cli("pretrain", "--model", "tiny", "--data", store.path, "--backend", "torch", "--steps", 4,
                    "--out", tmp_path / "pre")

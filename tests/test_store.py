@@ -2,10 +2,13 @@
 
 import gzip
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +109,56 @@ def test_prepare_killed_midway_leaves_no_store_and_a_rerun_completes(tmp_path, t
     assert result.returncode == 0, result.stderr
     store = TokenStore(tmp_path / "store")
     assert sum(store.meta["splits"][s]["documents"] for s in store.splits) == 6000
+
+
+def test_a_truncated_or_changed_file_is_named_when_the_store_opens(tmp_path, tokenizer):
+    source, _ = prepare_store(iter(["To be, or not to be: that is the question. " * 20] * 12), tokenizer,
+                              tmp_path / "store", context=32, workers=1)
+    for name, damage in [("train.tokens", "truncate"), ("train.windows.npy", "flip"), ("tokenizer.model", "flip")]:
+        copy = tmp_path / f"copy-{name}"
+        shutil.copytree(source.path, copy)
+        data = bytearray((copy / name).read_bytes())
+        if damage == "truncate":
+            del data[-2:]
+        else:
+            data[len(data) // 2] ^= 1
+        (copy / name).write_bytes(bytes(data))
+        with pytest.raises(InputError, match=f"{copy / name}: sha256 does not match meta.json"):
+            TokenStore(copy)
+
+
+def test_labels_are_checked_against_clusters_json(tmp_path, tokenizer):
+    store, _ = prepare_store(iter(["Something is rotten in the state of Denmark. " * 20] * 12), tokenizer,
+                             tmp_path / "store", context=32, workers=1)
+    labels = {split: np.zeros(store.num_windows(split), dtype=np.int32) for split in store.splits}
+    store.write_cluster_ids(labels, {"centroids_sha256": "x"})
+    assert np.array_equal(TokenStore(store.path).cluster_ids("train"), labels["train"])
+    path = store.path / "train.clusters.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"{path}: sha256 does not match clusters.json"):
+        TokenStore(store.path).cluster_ids("train")
+
+
+def test_a_write_sweeps_what_killed_writers_left(tmp_path):
+    from pnlm.atomic import atomic_dir, temporary_prefix
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def left_by_dead(target: str, kind: str = "tmp") -> Path:
+        prefix = temporary_prefix(tmp_path / target, kind).replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+        return tmp_path / f"{prefix}abc"
+
+    left_by_dead("ckpt").mkdir()  # a killed save's half-written folder
+    caught = left_by_dead("other", "old")  # a save of `other` killed between its two renames
+    (caught / "other").mkdir(parents=True)
+    (caught / "other" / "weights").write_text("previous")
+    mine = tmp_path / f"{temporary_prefix(tmp_path / 'mine')}x"  # this process's own: kept
+    mine.mkdir()
+    with atomic_dir(tmp_path / "ckpt") as folder:
+        (folder / "weights").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", "other", mine.name])
+    assert (tmp_path / "ckpt" / "weights").read_text() == "new"
+    assert (tmp_path / "other" / "weights").read_text() == "previous"  # put back where it was

@@ -107,7 +107,7 @@ def _read_info(info_path: Path) -> dict[str, Any]:
                          "make one with `pnlm data cluster`)")
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"{info_path}: not valid JSON: {exc}") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
         raise InputError(f"{info_path}: expected format {FORMAT!r} version {VERSION}; not a clusters folder")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_file
+from pnlm.atomic import atomic_file, sweep, temporary_prefix
 from pnlm.data.store import TokenStore
 from pnlm.errors import BackendError, InputError
 from pnlm.tokenizer import Tokenizer, load_tokenizer
@@ -222,8 +222,8 @@ def _compute_embeddings(store: TokenStore, tokenizer: Tokenizer, split: str, emb
     folder = _make_cache_dir(store, embedder, model)
     total = store.num_windows(split)
     path = folder / f"{split}.npy"
-    _remove_abandoned(folder, split)
-    tmp = folder / f".{split}.npy.tmp-{os.getpid()}"
+    sweep(folder)
+    tmp = folder / f"{temporary_prefix(path)}embedding"
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, dim))
         if on_progress and total:
@@ -241,24 +241,6 @@ def _compute_embeddings(store: TokenStore, tokenizer: Tokenizer, split: str, emb
     finally:
         tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
-def _remove_abandoned(folder: Path, split: str) -> None:
-    """Delete partial cache files left by embedding runs that were killed (their process is gone)."""
-    for partial in folder.glob(f".{split}.npy.tmp-*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            partial.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _embedding_dim(model: Any) -> int:

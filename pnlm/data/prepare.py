@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -22,7 +21,7 @@ import numpy as np
 
 from pnlm.atomic import atomic_dir
 from pnlm.data.readers import ReadStats
-from pnlm.data.store import FORMAT, META_FILE, SPLITS, VERSION, TokenStore, token_dtype, window_bounds
+from pnlm.data.store import FORMAT, SPLITS, VERSION, TokenStore, token_dtype, window_bounds, write_meta
 from pnlm.errors import InputError
 from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
@@ -164,5 +163,5 @@ def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Pat
             "sources": sources or [],
         }
         shutil.copyfile(tokenizer.path, folder / TOKENIZER_FILE)
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return TokenStore(out), stats
+        write_meta(folder, meta)
+    return TokenStore(out, verify=False), stats

@@ -26,6 +26,7 @@ from typing import IO, Literal, NamedTuple
 from pnlm.errors import InputError
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 1024 * 1024 * 1024  # a whole .txt file, or a paragraph, read as one document
 PARQUET_BATCH_ROWS = 1024
 TXT_MODES = ("file", "blank-line")
 TxtMode = Literal["file", "blank-line"]
@@ -121,9 +122,12 @@ def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
 def _read_all(path: Path) -> str:
     with _open_binary(path) as f:
         try:
-            data = f.read()
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
         except (OSError, EOFError, zlib.error) as exc:
             raise _unreadable(path, exc) from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise InputError(f"{path}: longer than {MAX_DOCUMENT_BYTES} bytes (1 GiB) as one document; "
+                         f"read it by paragraphs (--txt-mode blank-line)")
     skip = len(_BOM) if data.startswith(_BOM) else 0
     try:
         return data[skip:].decode("utf-8")
@@ -141,11 +145,13 @@ def _some(names: Iterable[str], most: int = 10) -> str:
 
 
 def _jsonl_text(line: _Line, field: str) -> str:
+    text = line.decode()
     try:
-        record = json.loads(line.decode())
-    except json.JSONDecodeError as exc:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also numbers too long to convert, nesting too deep
         expected = f"{{\"{field}\": ...}}"
-        raise _BadRecord(f"{line.path}:{line.number}: not valid JSON ({exc.msg}); expected {expected}") from None
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split("\n")[0]
+        raise _BadRecord(f"{line.path}:{line.number}: not valid JSON ({reason}); expected {expected}") from None
     if not isinstance(record, dict):
         got = f"a JSON {type(record).__name__}"
     elif field not in record:
@@ -173,13 +179,19 @@ def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
 
 def _paragraphs(path: Path) -> Iterator[str]:
     paragraph: list[str] = []
-    for line in _lines(path):
+    size = 0
+    for line in _lines(path, MAX_LINE_BYTES + 1):
+        if len(line.raw) > MAX_LINE_BYTES:
+            raise InputError(f"{path}:{line.number}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
         text = line.decode()
         if text.strip():
+            size += len(line.raw)
+            if size > MAX_DOCUMENT_BYTES:
+                raise InputError(f"{path}:{line.number}: paragraph longer than {MAX_DOCUMENT_BYTES} bytes (1 GiB)")
             paragraph.append(text)
         elif paragraph:
             yield "".join(paragraph).rstrip("\r\n")
-            paragraph = []
+            paragraph, size = [], 0
     if paragraph:
         yield "".join(paragraph).rstrip("\r\n")
 
@@ -220,23 +232,29 @@ def _read_parquet(path: Path, opts: _Options) -> Iterator[str]:
     pq = _pyarrow_parquet(path)
     import pyarrow as pa
 
-    try:
+    try:  # ValueError: also a schema whose names are not UTF-8
         parquet_file = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
+        schema = parquet_file.schema_arrow
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
     with parquet_file:
-        _check_text_column(path, parquet_file.schema_arrow, opts.text_field)
+        _check_text_column(path, schema, opts.text_field)
         batches = parquet_file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[opts.text_field])
         rows = 0
         while True:
             try:
                 batch = next(batches, None)
-            except (pa.ArrowException, OSError) as exc:
+            except (pa.ArrowException, OSError, ValueError) as exc:
                 raise InputError(f"{path}: corrupt Parquet data after row {rows} ({exc})") from None
             if batch is None:
                 return
+            try:
+                texts = batch.column(0).to_pylist()
+            except UnicodeDecodeError as exc:  # a string column holding bytes that are not UTF-8
+                raise InputError(f"{path}: rows {rows + 1} to {rows + batch.num_rows}: column \"{opts.text_field}\" "
+                                 f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             rows += batch.num_rows
-            yield from (text or "" for text in batch.column(0).to_pylist())
+            yield from (text or "" for text in texts)
 
 
 Reader = Callable[[Path, _Options], Iterator[str]]

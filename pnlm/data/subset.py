@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pnlm.atomic import atomic_dir
-from pnlm.data.store import CLUSTERS_FILE, META_FILE, TokenStore
+from pnlm.data.store import CLUSTERS_FILE, TokenStore, labels_sha256, write_meta
 from pnlm.errors import InputError
 from pnlm.tokenizer import TOKENIZER_FILE
 
@@ -52,11 +52,13 @@ def subset_store(source: str | Path, out: str | Path, train_tokens: int) -> Toke
             for suffix in (".tokens", ".windows.npy", ".clusters.npy"):
                 if (store.path / f"{split}{suffix}").is_file() and (suffix != ".clusters.npy" or labels is not None):
                     shutil.copyfile(store.path / f"{split}{suffix}", folder / f"{split}{suffix}")
-        for name in (TOKENIZER_FILE,) + ((CLUSTERS_FILE,) if labels is not None else ()):
-            shutil.copyfile(store.path / name, folder / name)
+        shutil.copyfile(store.path / TOKENIZER_FILE, folder / TOKENIZER_FILE)
+        if labels is not None:
+            info = {**store.clusters_info(), "labels_sha256": labels_sha256(folder, store.splits)}
+            (folder / CLUSTERS_FILE).write_text(json.dumps(info, indent=2) + "\n")
         splits = dict(store.meta["splits"])
         splits["train"] = {"documents": documents, "tokens": int(len(tokens)), "windows": count}
-        meta = {**store.meta, "splits": splits,
-                "subset_of": {"store": str(store.path), "train_tokens_asked": train_tokens}}
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return TokenStore(out)
+        meta = {key: value for key, value in store.meta.items() if key != "sha256"}
+        write_meta(folder, {**meta, "splits": splits,
+                            "subset_of": {"store": str(store.path), "train_tokens_asked": train_tokens}})
+    return TokenStore(out, verify=False)

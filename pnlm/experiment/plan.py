@@ -132,7 +132,7 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError(f"{path}: larger than {MAX_PLAN_BYTES} bytes; not a plan")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, bad UTF-8, absurd numbers, deep nesting
         raise PlanError(f"{path}: not valid TOML: {exc}") from None
     return _Reader(path, data).plan()
 

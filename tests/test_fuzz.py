@@ -1,0 +1,386 @@
+"""Hostile input: property-based fuzzing (hypothesis) of every reader and every config format.
+
+Each input must either be accepted or be refused with one clear line (a PnlmError, no newline,
+naming the file); anything else (a traceback, another exception) fails. Inputs are random bytes,
+mutations of a valid file (flipped, overwritten, cut), and well-formed structures with absurd
+values (sizes, shapes, offsets, types). CI runs PNLM_FUZZ_EXAMPLES inputs per target (default 150);
+the recorded run of docs/reliability.md sets it to 10000 and PNLM_FUZZ_RECORD to a file that
+gets one JSON line per target with the count and the outcomes.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import io
+import json
+import os
+import resource
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pnlm.checkpoint import MANIFEST_FILE, load_checkpoint, save_checkpoint
+from pnlm.data import iter_documents
+from pnlm.data.store import TokenStore
+from pnlm.errors import PnlmError
+from pnlm.experiment.plan import load_plan
+from pnlm.spec import ModelSpec, load_spec
+from pnlm.tokenizer import file_sha256
+from pnlm.weights import init_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = int(os.environ.get("PNLM_FUZZ_EXAMPLES", "150"))
+RECORD = os.environ.get("PNLM_FUZZ_RECORD")
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck))
+MAX_GROWTH_BYTES = 512 * 1024 * 1024  # what the whole fuzz of one target may add to the process's peak memory
+
+SPEC_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "context", "rope_theta",
+             "norm_eps", "tied_embeddings", "projection")
+
+absurd_numbers = st.one_of(st.integers(-2**70, 2**70), st.sampled_from([0, 1, -1, 2**31, 2**63, 10**400]),
+                           st.floats(allow_nan=True, allow_infinity=True), st.booleans())
+json_values = st.recursive(st.one_of(st.none(), absurd_numbers.filter(lambda v: not isinstance(v, int) or
+                                                                     abs(v) < 10**300), st.text(max_size=20)),
+                           lambda children: st.one_of(st.lists(children, max_size=4),
+                                                      st.dictionaries(st.text(max_size=8), children, max_size=4)),
+                           max_leaves=12)
+
+
+class Outcomes:
+    """What a target did with its inputs: accepted, or refused with which error class."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.counts = name, collections.Counter()
+        self.peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def check(self, call, names: str) -> None:
+        """Run call(); it may pass, or raise a PnlmError of one line that contains `names` (a path)."""
+        try:
+            call()
+        except PnlmError as exc:
+            message = str(exc)
+            assert "\n" not in message and names in message, f"unclear error: {message!r}"
+            public = next(kind for kind in type(exc).__mro__ if not kind.__name__.startswith("_"))
+            self.counts[public.__name__] += 1
+        else:
+            self.counts["accepted"] += 1
+
+    def finish(self) -> None:
+        growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.peak_before
+        total = sum(self.counts.values())
+        if RECORD:
+            with open(RECORD, "a") as f:
+                f.write(json.dumps({"target": self.name, "inputs": total, "outcomes": dict(self.counts),
+                                    "peak_memory_growth_mb": round(growth / 2**20, 1)}) + "\n")
+        assert total >= EXAMPLES, f"{self.name}: only {total} inputs ran"
+        assert growth < MAX_GROWTH_BYTES, f"{self.name}: peak memory grew by {growth / 2**20:.0f} MB"
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    folder = Path(tempfile.mkdtemp(prefix="pnlm-fuzz-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def mutate(data: bytes, edits: list[tuple[int, int, int]], cut: int | None) -> bytes:
+    """Overwrite bytes (position modulo the length, value), xor some, then optionally cut the end."""
+    out = bytearray(data)
+    for position, value, kind in edits:
+        if not out:
+            break
+        i = position % len(out)
+        out[i] = value if kind == 0 else out[i] ^ (1 << (value % 8))
+    return bytes(out[:cut % (len(out) + 1)] if cut is not None else out)
+
+
+edits = st.lists(st.tuples(st.integers(0, 2**32), st.integers(0, 255), st.integers(0, 1)), max_size=8)
+cuts = st.one_of(st.none(), st.integers(0, 2**32))
+
+
+def read_all(path: Path, **options) -> None:
+    for _ in iter_documents([path], **options):
+        pass
+
+
+# --- readers -------------------------------------------------------------------------------------------
+
+JSONL_SEED = (b'{"text": "To be, or not to be"}\n{"text": "that is the question"}\n'
+              b'{"text": "", "id": 3}\n{"other": 1}\n')
+
+
+@st.composite
+def jsonl_files(draw):
+    kind = draw(st.integers(0, 3))
+    if kind == 0:
+        return draw(st.binary(max_size=400))
+    if kind == 1:
+        return mutate(JSONL_SEED, draw(edits), draw(cuts))
+    if kind == 2:
+        lines = draw(st.lists(json_values.map(lambda v: json.dumps(v).encode()), max_size=6))
+        return b"\n".join(lines)
+    depth = draw(st.integers(1, 200_000))  # nesting deep enough to exhaust a recursive parser
+    return b'{"text": ' + b"[" * depth + b"]" * draw(st.integers(0, depth)) + b"}\n"
+
+
+def test_fuzz_jsonl_reader(scratch):
+    outcomes = Outcomes("JSONL reader (.jsonl, .jsonl.gz)")
+
+    @FUZZ
+    @given(data=jsonl_files(), gz=st.booleans(), skip_bad=st.booleans())
+    def run(data, gz, skip_bad):
+        path = scratch / ("input.jsonl.gz" if gz else "input.jsonl")
+        path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+        if gz and data:  # and a damaged gzip stream as well
+            path.write_bytes(mutate(path.read_bytes(), [(len(data) * 7, len(data) % 256, 1)], None))
+        outcomes.check(lambda: read_all(path, skip_bad=skip_bad), str(path))
+
+    run()
+    outcomes.finish()
+
+
+def test_fuzz_txt_reader(scratch):
+    outcomes = Outcomes("text reader (.txt, .txt.gz, both modes)")
+    seed = "Who's there?\n\nNay, answer me: stand, and unfold yourself.\r\n\r\nLong live the king!\n".encode()
+
+    @FUZZ
+    @given(data=st.one_of(st.binary(max_size=400), st.builds(mutate, st.just(seed), edits, cuts)),
+           gz=st.booleans(), mode=st.sampled_from(["file", "blank-line"]), flip=st.integers(0, 2**16))
+    def run(data, gz, mode, flip):
+        path = scratch / ("input.txt.gz" if gz else "input.txt")
+        raw = gzip.compress(data, mtime=0) if gz else data
+        path.write_bytes(mutate(raw, [(flip, flip % 256, 1)], None) if gz and flip % 3 == 0 else raw)
+        outcomes.check(lambda: read_all(path, txt_mode=mode), str(path))
+
+    run()
+    outcomes.finish()
+
+
+@pytest.fixture(scope="module")
+def parquet_seed():
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table({"text": ["To be, or not to be", None, "that is the question"] * 4, "n": list(range(12))})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=4)
+    return buffer.getvalue()
+
+
+def test_fuzz_parquet_reader(scratch, parquet_seed):
+    outcomes = Outcomes("Parquet reader")
+
+    @FUZZ
+    @given(data=st.one_of(st.binary(max_size=300), st.builds(mutate, st.just(parquet_seed), edits, cuts)),
+           field=st.sampled_from(["text", "n", "missing"]))
+    def run(data, field):
+        path = scratch / "input.parquet"
+        path.write_bytes(data)
+        outcomes.check(lambda: read_all(path, text_field=field), str(path))
+
+    run()
+    outcomes.finish()
+
+
+# --- config formats ----------------------------------------------------------------------------------
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else
+                                             "-inf" if value == float("-inf") else repr(value))
+    if isinstance(value, (int, str)):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return '""'
+
+
+toml_values = st.recursive(st.one_of(absurd_numbers.filter(lambda v: not isinstance(v, int) or abs(v) < 2**63),
+                                     st.text(max_size=12)),
+                           lambda children: st.one_of(st.lists(children, max_size=3),
+                                                      st.dictionaries(st.sampled_from(["h", "k", "m", "x"]), children,
+                                                                      max_size=3)), max_leaves=6)
+
+
+def test_fuzz_spec_toml(scratch):
+    outcomes = Outcomes("model spec (TOML)")
+    base = load_spec("tiny").to_dict()
+
+    @FUZZ
+    @given(kind=st.integers(0, 2), raw=st.binary(max_size=300),
+           changes=st.dictionaries(st.sampled_from([*SPEC_KEYS, "preset", "other"]), toml_values, max_size=4),
+           top=st.booleans())
+    def run(kind, raw, changes, top):
+        path = scratch / "spec.toml"
+        if kind == 0:
+            path.write_bytes(raw)
+        else:
+            table = {**({k: v for k, v in base.items() if v is not None} if kind == 1 else {}), **changes}
+            lines = [f"{key} = {toml_value(value)}" for key, value in table.items()]
+            path.write_text(("" if top else "[model]\n") + "\n".join(lines) + "\n")
+        outcomes.check(lambda: load_spec(path).validate(), str(path))
+
+    run()
+    outcomes.finish()
+
+
+def test_fuzz_plan_toml(scratch):
+    outcomes = Outcomes("experiment plan (TOML)")
+    smoke = (ROOT / "plans" / "smoke.toml").read_text().replace("../pnlm", str(ROOT / "pnlm"))
+    lines = smoke.splitlines()
+    assignments = [i for i, line in enumerate(lines) if " = " in line and not line.startswith("#")]
+
+    @FUZZ
+    @given(kind=st.integers(0, 2), raw=st.binary(max_size=300),
+           changes=st.lists(st.tuples(st.sampled_from(assignments), toml_values), max_size=4),
+           dropped=st.lists(st.sampled_from(assignments), max_size=2))
+    def run(kind, raw, changes, dropped):
+        path = scratch / "plan.toml"
+        if kind == 0:
+            path.write_bytes(raw)
+        else:
+            edited = list(lines)
+            for i, value in changes:
+                edited[i] = edited[i].split(" = ")[0] + " = " + toml_value(value)
+            for i in dropped if kind == 2 else []:
+                edited[i] = ""
+            path.write_text("\n".join(edited) + "\n")
+        outcomes.check(lambda: load_plan(path), str(path))
+
+    run()
+    outcomes.finish()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    spec = ModelSpec.from_dict({**load_spec("tiny").to_dict(), "d_model": 32, "n_layers": 1, "n_heads": 2,
+                                "n_kv_heads": 1, "d_ff": 64, "vocab_size": tokenizer.vocab_size})
+    return save_checkpoint(tmp_path_factory.mktemp("fuzz-ckpt") / "tiny", spec, init_weights(spec), tokenizer)
+
+
+def resealed(folder: Path) -> None:
+    """Rewrite the manifest to match the files, as someone crafting a hostile checkpoint would."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["sha256"] = {name: file_sha256(folder / name) for name in manifest["sha256"]}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_fuzz_checkpoint_config_json(scratch, checkpoint):
+    outcomes = Outcomes("checkpoint config.json")
+    config = json.loads((checkpoint / "config.json").read_text())
+    folder = scratch / "ckpt-config"
+
+    @FUZZ
+    @given(kind=st.integers(0, 2), raw=st.binary(max_size=300),
+           spec_changes=st.dictionaries(st.sampled_from([*SPEC_KEYS, "other"]), json_values, max_size=4),
+           top_changes=st.dictionaries(st.sampled_from(["format", "version", "spec", "method", "tokenizer"]),
+                                       json_values, max_size=2))
+    def run(kind, raw, spec_changes, top_changes):
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(checkpoint, folder)
+        if kind == 0:
+            (folder / "config.json").write_bytes(raw)
+        else:
+            edited = {**config, "spec": {**config["spec"], **spec_changes}, **(top_changes if kind == 2 else {})}
+            (folder / "config.json").write_text(json.dumps(edited))
+        resealed(folder)
+        outcomes.check(lambda: load_checkpoint(folder), str(folder))
+
+    run()
+    outcomes.finish()
+
+
+def safetensors_bytes(header: object, data: bytes, claimed_length: int | None = None) -> bytes:
+    blob = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    length = len(blob) if claimed_length is None else claimed_length
+    return struct.pack("<Q", length % 2**64) + blob + data
+
+
+def test_fuzz_safetensors_headers(scratch, checkpoint):
+    outcomes = Outcomes("checkpoint model.safetensors header")
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", weights[:8])
+    header = json.loads(weights[8:8 + length])
+    data = weights[8 + length:]
+    names = [name for name in header if name != "__metadata__"]
+    folder = scratch / "ckpt-weights"
+    shape = st.lists(st.one_of(st.integers(-3, 2**40), st.sampled_from([0, 1, 32, 2**31, 2**62])), max_size=4)
+    entry = st.fixed_dictionaries({}, optional={
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "F64", "U8", ""]),
+        "shape": st.one_of(shape, json_values), "data_offsets": st.one_of(
+            st.lists(st.integers(-2**40, 2**64), min_size=2, max_size=2), json_values)})
+
+    @FUZZ
+    @given(kind=st.integers(0, 3), raw=st.binary(max_size=200),
+           changes=st.dictionaries(st.sampled_from([*names, "extra.weight"]), entry, max_size=3),
+           claimed=st.one_of(st.none(), st.integers(0, 2**64 - 1)), byte_edits=edits, cut=cuts)
+    def run(kind, raw, changes, claimed, byte_edits, cut):
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(checkpoint, folder)
+        if kind == 0:
+            content = raw
+        elif kind == 1:
+            content = safetensors_bytes({**header, **changes}, data)
+        elif kind == 2:
+            content = safetensors_bytes({**header, **changes}, data, claimed)
+        else:
+            content = mutate(weights, byte_edits, cut)
+        (folder / "model.safetensors").write_bytes(content)
+        resealed(folder)
+        outcomes.check(lambda: load_checkpoint(folder), str(folder))
+
+    run()
+    outcomes.finish()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tokenizer):
+    from pnlm.data.prepare import prepare_store
+
+    hamlet = ROOT / "pnlm" / "sample_data" / "shakespeare_hamlet.jsonl.gz"
+    prepared, _ = prepare_store(iter_documents([hamlet]), tokenizer, tmp_path_factory.mktemp("fuzz-store") / "s",
+                                context=64, valid_fraction=0.1, test_fraction=0.1, workers=1)
+    return prepared.path
+
+
+def test_fuzz_store_meta_and_index(scratch, store):
+    outcomes = Outcomes("token store meta.json and window index")
+    meta = json.loads((store / "meta.json").read_text())
+    folder = scratch / "store"
+
+    @FUZZ
+    @given(kind=st.integers(0, 2), raw=st.binary(max_size=200),
+           changes=st.dictionaries(st.sampled_from(["format", "version", "dtype", "vocab_size", "context", "splits",
+                                                    "sha256", "tokenizer_sha256"]), json_values, max_size=2),
+           windows=st.lists(st.tuples(st.integers(-2**40, 2**40), st.integers(-2**40, 2**40)), min_size=1,
+                            max_size=4))
+    def run(kind, raw, changes, windows):
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(store, folder)
+        if kind == 0:
+            (folder / "meta.json").write_bytes(raw)
+        elif kind == 1:
+            (folder / "meta.json").write_text(json.dumps({**meta, **changes}))
+        else:  # a window index that points outside the tokens, resealed in meta.json
+            index = np.load(folder / "valid.windows.npy")
+            index[:len(windows)] = np.array(windows[:len(index)], dtype=np.int64)
+            np.save(folder / "valid.windows.npy", index)
+            hashes = {**meta["sha256"], "valid.windows.npy": file_sha256(folder / "valid.windows.npy")}
+            (folder / "meta.json").write_text(json.dumps({**meta, "sha256": hashes}))
+        outcomes.check(lambda: TokenStore(folder).batch("valid", np.arange(TokenStore(folder).num_windows("valid"))),
+                       str(folder))
+
+    run()
+    outcomes.finish()
