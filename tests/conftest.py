@@ -17,9 +17,39 @@ from pnlm.weights import init_weights  # noqa: E402
 
 torch.set_num_threads(1)
 
-SAMPLE_DATA = sorted((os.path.join(os.path.dirname(pnlm.__file__), "sample_data", name)
-                      for name in os.listdir(os.path.join(os.path.dirname(pnlm.__file__), "sample_data"))
-                      if name.endswith(".jsonl.gz")))
+SAMPLE_DIR = os.path.join(os.path.dirname(pnlm.__file__), "sample_data")
+SAMPLE_DATA = sorted(os.path.join(SAMPLE_DIR, name) for name in os.listdir(SAMPLE_DIR) if name.endswith(".jsonl.gz"))
+
+# An experiment plan small enough to run in seconds: three methods, one budget, one domain, one size.
+MICRO_PLAN = f"""
+name = "micro"
+methods = ["slm", "nopt", "is"]
+backend = "torch"
+finetune_backend = "torch"
+[data]
+generic = ["{os.path.join(SAMPLE_DIR, 'austen_pride_and_prejudice.jsonl.gz')}"]
+tokenizer_inputs = ["{os.path.join(SAMPLE_DIR, 'shakespeare_hamlet.jsonl.gz')}"]
+vocab_size = 512
+context = 64
+clusters = 2
+generic_max_documents = 20
+domain_tokens = [3000]
+valid_fraction = 0.15
+test_fraction = 0.15
+[data.domains]
+hamlet = ["{os.path.join(SAMPLE_DIR, 'shakespeare_hamlet.jsonl.gz')}"]
+[models]
+slm = {{ preset = "tiny", d_model = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, d_ff = 96 }}
+llm = {{ preset = "tiny", d_model = 64, n_layers = 1, n_heads = 2, n_kv_heads = 1, d_ff = 176 }}
+[pretrain]
+budgets = [12]
+batch_size = 4
+checkpoint_every = 4
+[finetune]
+steps = 8
+batch_size = 4
+eval_every = 4
+"""
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,8 @@ import pytest
 from pnlm.checkpoint import verify_checkpoint
 from pnlm.data.store import TokenStore
 
+from conftest import MICRO_PLAN
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "pnlm" / "sample_data"
 HAMLET = SAMPLES / "shakespeare_hamlet.jsonl.gz"
@@ -262,37 +264,6 @@ def test_finetune_survives_kill_9(workspace):
     argv = [*PNLM, "finetune", workspace / "base" / "latest", "--data", workspace / "hamlet", "--backend", "torch",
             "--steps", 40, "--batch-size", 8, "--lr", 1e-3, "--checkpoint-every", 4, "--eval-every", 8, "--out", run]
     assert inject(_training_target("finetune", argv, run), KILLS, SEED + 3).kills == KILLS
-
-
-MICRO_PLAN = f"""
-name = "micro"
-methods = ["slm", "nopt", "is"]
-backend = "torch"
-finetune_backend = "torch"
-[data]
-generic = ["{SAMPLES / 'austen_pride_and_prejudice.jsonl.gz'}"]
-tokenizer_inputs = ["{HAMLET}"]
-vocab_size = 512
-context = 64
-clusters = 2
-generic_max_documents = 20
-domain_tokens = [3000]
-valid_fraction = 0.15
-test_fraction = 0.15
-[data.domains]
-hamlet = ["{HAMLET}"]
-[models]
-slm = {{ preset = "tiny", d_model = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, d_ff = 96 }}
-llm = {{ preset = "tiny", d_model = 64, n_layers = 1, n_heads = 2, n_kv_heads = 1, d_ff = 176 }}
-[pretrain]
-budgets = [12]
-batch_size = 4
-checkpoint_every = 4
-[finetune]
-steps = 8
-batch_size = 4
-eval_every = 4
-"""
 
 
 def test_experiment_run_survives_kill_9(workspace):
