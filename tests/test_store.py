@@ -162,3 +162,10 @@ def test_a_write_sweeps_what_killed_writers_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", "other", mine.name])
     assert (tmp_path / "ckpt" / "weights").read_text() == "new"
     assert (tmp_path / "other" / "weights").read_text() == "previous"  # put back where it was
+
+
+@pytest.mark.parametrize("text", ['{"version": ' + "9" * 5000 + "}", "[" * 100_000, '["not an object"]', "\xff"])
+def test_a_hostile_meta_json_is_one_clear_error(tmp_path, text):
+    (tmp_path / "meta.json").write_text(text, encoding="latin-1")
+    with pytest.raises(InputError, match=f"{tmp_path / 'meta.json'}: (not valid JSON|expected a JSON object)"):
+        TokenStore(tmp_path)

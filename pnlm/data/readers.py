@@ -150,7 +150,7 @@ def _jsonl_text(line: _Line, field: str) -> str:
         record = json.loads(text)
     except (ValueError, RecursionError) as exc:  # also numbers too long to convert, nesting too deep
         expected = f"{{\"{field}\": ...}}"
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split("\n")[0]
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise _BadRecord(f"{line.path}:{line.number}: not valid JSON ({reason}); expected {expected}") from None
     if not isinstance(record, dict):
         got = f"a JSON {type(record).__name__}"

@@ -56,14 +56,25 @@ def labels_sha256(folder: Path, splits: list[str]) -> dict[str, str]:
             if (folder / f"{split}.clusters.npy").is_file()}
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object of at most MAX_META_BYTES (meta.json, clusters.json), or an InputError naming the file."""
+    if path.stat().st_size > MAX_META_BYTES:
+        raise InputError(f"{path}: larger than {MAX_META_BYTES} bytes; not a store's {path.name}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd numbers, deep nesting
+        raise InputError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
 def _is_count(value: Any, high: int = 1 << 62) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
 
 
-def check_meta(meta: Any, path: Path) -> dict[str, Any]:
+def check_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     """meta.json's fields, their types and ranges, or an InputError naming the first one that is wrong."""
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: expected a JSON object")
     if meta.get("format") != FORMAT:
         raise InputError(f"{path}: expected format {FORMAT!r}, got {meta.get('format')!r}")
     if meta.get("version") != VERSION:
@@ -113,13 +124,7 @@ class TokenStore:
         meta_path = self.path / META_FILE
         if not meta_path.is_file():
             raise InputError(f"{self.path}: not a token store (no {META_FILE}; make one with `pnlm data prepare`)")
-        if meta_path.stat().st_size > MAX_META_BYTES:
-            raise InputError(f"{meta_path}: larger than {MAX_META_BYTES} bytes; not a store's meta.json")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise InputError(f"{meta_path}: not valid JSON: {exc}") from None
-        self.meta: dict[str, Any] = check_meta(meta, meta_path)
+        self.meta: dict[str, Any] = check_meta(_read_json_object(meta_path), meta_path)
         self.dtype = np.dtype(self.meta["dtype"])
         if verify:
             self.verify()
@@ -248,15 +253,7 @@ class TokenStore:
 
     def clusters_info(self) -> dict[str, Any] | None:
         path = self.path / CLUSTERS_FILE
-        if not path.is_file():
-            return None
-        try:
-            info = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size <= MAX_META_BYTES else None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise InputError(f"{path}: not valid JSON: {exc}") from None
-        if not isinstance(info, dict):
-            raise InputError(f"{path}: expected a JSON object of at most {MAX_META_BYTES} bytes")
-        return info
+        return _read_json_object(path) if path.is_file() else None
 
     def write_cluster_ids(self, ids_by_split: dict[str, np.ndarray], info: dict[str, Any]) -> None:
         """Label windows with cluster ids; each file is written under a temporary name and renamed.
