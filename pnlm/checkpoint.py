@@ -20,6 +20,7 @@ import numpy as np
 
 from pnlm.atomic import atomic_dir
 from pnlm.errors import CheckpointError, PnlmError
+from pnlm.json_object import read_json_object
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, file_sha256, load_tokenizer
 from pnlm.weights import check_shapes, load_safetensors, save_safetensors
@@ -105,15 +106,7 @@ def write_manifest(folder: Path, names: list[str], tokenizer: Tokenizer, kind: s
 def read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; not a complete pnlm checkpoint")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd numbers, deep nesting
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, MAX_JSON_BYTES, CheckpointError)
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from pnlm.atomic import atomic_file
 from pnlm.errors import InputError
+from pnlm.json_object import read_json_object
 from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, file_sha256, load_tokenizer
 
 FORMAT = "pnlm-token-store"
@@ -54,19 +55,6 @@ def labels_sha256(folder: Path, splits: list[str]) -> dict[str, str]:
     """The sha256 of the labels file of each split that has one (recorded in clusters.json)."""
     return {split: file_sha256(folder / f"{split}.clusters.npy") for split in splits
             if (folder / f"{split}.clusters.npy").is_file()}
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object of at most MAX_META_BYTES (meta.json, clusters.json), or an InputError naming the file."""
-    if path.stat().st_size > MAX_META_BYTES:
-        raise InputError(f"{path}: larger than {MAX_META_BYTES} bytes; not a store's {path.name}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd numbers, deep nesting
-        raise InputError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
 
 
 def _is_count(value: Any, high: int = 1 << 62) -> bool:
@@ -124,7 +112,7 @@ class TokenStore:
         meta_path = self.path / META_FILE
         if not meta_path.is_file():
             raise InputError(f"{self.path}: not a token store (no {META_FILE}; make one with `pnlm data prepare`)")
-        self.meta: dict[str, Any] = check_meta(_read_json_object(meta_path), meta_path)
+        self.meta: dict[str, Any] = check_meta(read_json_object(meta_path, MAX_META_BYTES, InputError), meta_path)
         self.dtype = np.dtype(self.meta["dtype"])
         if verify:
             self.verify()
@@ -253,7 +241,7 @@ class TokenStore:
 
     def clusters_info(self) -> dict[str, Any] | None:
         path = self.path / CLUSTERS_FILE
-        return _read_json_object(path) if path.is_file() else None
+        return read_json_object(path, MAX_META_BYTES, InputError) if path.is_file() else None
 
     def write_cluster_ids(self, ids_by_split: dict[str, np.ndarray], info: dict[str, Any]) -> None:
         """Label windows with cluster ids; each file is written under a temporary name and renamed.
