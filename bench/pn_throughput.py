@@ -1,12 +1,13 @@
 """Benchmark: projected-network pretraining tokens/s ÷ SLM pretraining tokens/s at the same inference size.
 
-    python bench/pn_throughput.py [--model tiny] [--projections 4,4,4:8,16,8] [--backends torch,mlx]
-                                  [--steps 40] [--rounds 2] [--json OUT]
+    python bench/pn_throughput.py [--model tiny] [--projections 4,8,4:4,16,4] [--batches mixed]
+                                  [--backends torch,mlx] [--steps 40] [--rounds 2] [--json OUT]
 
 Both run through the loop (pnlm/loop.py) on the sample books (2,048-piece tokenizer, context 256,
-batch 8). The PN uses the cluster sampler (one cluster a batch); the windows get random cluster
-labels here, since the speed does not depend on which windows share a cluster, and labelling them
-with MiniLM would only add its time. Rounds alternate SLM and every PN, per backend; tokens/s is
+batch 8). The PN draws the SLM's batches and sends each row through its own cluster's expert
+(--batches mixed, what `pnlm pretrain --method pn` does), or draws one cluster a batch (one-cluster).
+The windows get random cluster labels here, uniform over the k clusters: the most experts a batch can
+hold, the slowest case for mixed batches; labelling them with MiniLM would only add its time. Rounds alternate SLM and every PN, per backend; tokens/s is
 measured from the second logged step to the last (the first includes compilation).
 """
 
@@ -31,7 +32,8 @@ def tokens_per_s(run: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--projections", default="4,4,4:8,16,8", help="h,k,m of each PN, separated by ':'")
+    parser.add_argument("--projections", default="4,8,4:4,16,4", help="h,k,m of each PN, separated by ':'")
+    parser.add_argument("--batches", default="mixed", choices=["mixed", "one-cluster"])
     parser.add_argument("--backends", default="torch,mlx")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -48,7 +50,7 @@ def main() -> None:
     from pnlm.backends import make_train_step
     from pnlm.data import iter_documents
     from pnlm.data.prepare import prepare_store
-    from pnlm.data.samplers import ClusterSampler
+    from pnlm.data.samplers import ClusterSampler, RoutedSampler
     from pnlm.loop import TrainConfig, train
     from pnlm.spec import OptimizerSpec, Projection, load_spec
     from pnlm.tokenizer import train_tokenizer
@@ -78,7 +80,8 @@ def main() -> None:
                     if projection is not None:  # labels 0..k-1 of this PN's k
                         store.write_cluster_ids({"train": labels % projection.k},
                                                 {"k": projection.k, "centroids_sha256": f"random {projection.k}"})
-                    sampler = None if projection is None else ClusterSampler(store, args.batch_size, 0, projection.k)
+                    sampler_class = RoutedSampler if args.batches == "mixed" else ClusterSampler
+                    sampler = None if projection is None else sampler_class(store, args.batch_size, 0, projection.k)
                     step_fn = make_train_step(backend, spec, init_weights(spec, 0), config.optimizer)
                     run = tmp / f"{backend}-{round_}-{names.index(name)}"
                     train(step_fn, spec, tokenizer, store, config, run, sampler=sampler)
@@ -86,7 +89,7 @@ def main() -> None:
                     results[backend][name].append(rate)
                     print(f"round {round_ + 1}: {backend:5} {name:18} {rate:10,.0f} tokens/s", flush=True)
     median = {b: {n: statistics.median(r) for n, r in by_name.items()} for b, by_name in results.items()}
-    print(f"\n{args.model}, batch {args.batch_size} x 256, {args.steps} steps, {args.rounds} rounds, "
+    print(f"\n{args.model}, batch {args.batch_size} x 256 ({args.batches} batches), {args.steps} steps, {args.rounds} rounds, "
           f"{args.threads} threads ({platform.machine()}, {os.cpu_count()} cores); median tokens/s")
     for backend, rates in median.items():
         for name, rate in rates.items():

@@ -1,13 +1,14 @@
 """`pnlm pretrain --method slm|llm|pn|mix`: the shared pretraining of every method, on a chosen backend.
 
-slm and llm train one model on every window. pn trains one projected network whose batches are each
-one cluster's, conditioned on that cluster (pnlm/projection.py). mix trains k independent models,
+slm and llm train one model on every window. pn trains one projected network on the same uniformly drawn
+batches, each row through its own cluster's expert (pnlm/projection.py). mix trains k independent models,
 expert i only on cluster i, one after another in a process, or shared out over torchrun's processes
 (each rank its experts, no gradient exchange); each expert resumes on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pnlm.checkpoint import ModelWriter
 from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, _steps
 from pnlm.cluster.clusters import load_clusters
 from pnlm.cli.console import console, print_json
-from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler
+from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler, RoutedSampler
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.experts import check_labelled, domain_histogram, expert_dir, write_mix_file
@@ -28,6 +29,7 @@ from pnlm.spec import OptimizerSpec, Projection, load_spec
 from pnlm.weights import init_weights
 
 METHODS = ("slm", "llm", "pn", "mix", "is")
+PN_BATCHES = {"mixed": RoutedSampler, "one-cluster": ClusterSampler}
 
 
 def _projection(text: str | None, preset: Projection | None, k: int) -> Projection:
@@ -35,13 +37,15 @@ def _projection(text: str | None, preset: Projection | None, k: int) -> Projecti
     if text is None:
         if preset is None:
             raise PnlmError("--method pn needs --projection h,k,m (or a pn-* preset)")
-        return Projection(h=preset.h, k=k, m=preset.m)
+        return dataclasses.replace(preset, k=k)
     try:
         h, k_given, m = (int(part) for part in text.split(","))
     except ValueError:
         raise PnlmError(f"--projection {text!r}: expected three integers h,k,m such as 4,16,8") from None
     if k_given != k:
         raise PnlmError(f"--projection has k={k_given} experts but the clusters have k={k}")
+    if preset is not None:  # the spec's other settings (expert_similarity) stay
+        return dataclasses.replace(preset, h=h, k=k, m=m)
     return Projection(h=h, k=k, m=m)
 
 
@@ -67,6 +71,9 @@ def pretrain(
                                        "(its train split's histogram is the target)."),
     projection: str | None = typer.Option(None, "--projection", help="pn: h,k,m (basis tensors, experts, expert "
                                           "embedding width); default: the preset's h and m, the clusters' k."),
+    pn_batches: str = typer.Option("mixed", "--pn-batches", help="pn: mixed (the SLM's batches, each row through "
+                                   "its own cluster's expert) or one-cluster (every batch one cluster's: the "
+                                   "ablation of docs/results/pn-ablation.md)."),
     experts: str | None = typer.Option(None, "--experts", help="mix: which experts this process trains (default all)."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     out: Path = typer.Option(..., "--out", help="RUN folder: latest/, best/, metrics.jsonl (mix: one per expert)."),
@@ -111,11 +118,14 @@ def pretrain(
     fitted = load_clusters(clusters)
     check_labelled(store, fitted.store_info())
     if method == "pn":
+        if pn_batches not in PN_BATCHES:
+            raise PnlmError(f"--pn-batches {pn_batches!r}: expected one of {', '.join(PN_BATCHES)}")
         spec = spec.with_projection(_projection(projection, spec.projection, fitted.k))
-        writer = ModelWriter(spec, store.tokenizer(), "pn", extra={"clusters": fitted.store_info()})
+        writer = ModelWriter(spec, store.tokenizer(), "pn", extra={"clusters": fitted.store_info(),
+                                                                   "batches": pn_batches})
         step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
         _run(step_fn, spec, store.tokenizer(), store, config, out, resume, "pn", json_out, writer,
-             ClusterSampler(store, batch_size, seed, fitted.k))
+             PN_BATCHES[pn_batches](store, batch_size, seed, fitted.k))
         return
     if method == "is":
         _pretrain_resampled(spec, store, fitted, domain, config, backend, options, out, resume, json_out, seed)

@@ -140,6 +140,9 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         trainer = writer.restore(run_dir / LATEST, step_fn)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
+        if trainer.get("sampler", sampler.name) != sampler.name:
+            raise PnlmError(f"{run_dir / LATEST}: was trained on {trainer['sampler']} batches, not {sampler.name} "
+                            f"ones; resume with the same batches")
         state.update({k: trainer[k] for k in state})
         if main:
             _truncate_metrics(run_dir / METRICS, state["step"])
@@ -149,7 +152,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         (run_dir / METRICS).unlink(missing_ok=True)
 
     def save(folder: str, with_state: bool) -> None:
-        trainer = {**state, "config": _config_json(config)}
+        trainer = {**state, "config": _config_json(config), "sampler": sampler.name}
         writer.save(run_dir / folder, step_fn, trainer, with_state, write=main)
 
     def costs() -> dict[str, float | None]:

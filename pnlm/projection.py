@@ -41,6 +41,38 @@ def projected_weight(coefficient: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return np.tensordot(coefficient, basis.astype(np.float64), axes=1)
 
 
+def group_rows(row_experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The experts present in a batch (sorted) and, for each row, the position of its expert among them:
+    a mixed batch forms one W per expert present, never one per row."""
+    present, slot = np.unique(np.asarray(row_experts).reshape(-1), return_inverse=True)
+    return present, slot.reshape(-1)
+
+
+def rows_by_expert(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, expert, teacher: tuple | None):
+    """A batch with its rows sorted by expert when each row has its own (a summed loss does not depend on
+    the order of the rows), so that each expert's rows are one contiguous block; else as it is."""
+    if expert is None or np.ndim(expert) == 0:
+        return inputs, targets, mask, expert, teacher
+    order = np.argsort(np.asarray(expert).reshape(-1), kind="stable")
+    if teacher is not None:
+        teacher = tuple(None if part is None else part[order] for part in teacher)
+    return (inputs[order], targets[order], None if mask is None else mask[order], np.asarray(expert)[order],
+            teacher)
+
+
+def routed_projection(x: np.ndarray, row_experts: np.ndarray, table: np.ndarray, mix: np.ndarray,
+                      basis: np.ndarray) -> np.ndarray:
+    """y[b] = x[b] @ W(e_b)^T for a batch x (B, T, in) whose row b belongs to expert e_b: the oracle of the
+    backends' grouped products."""
+    present, slot = group_rows(row_experts)
+    out = np.empty(x.shape[:-1] + (basis.shape[1],), dtype=np.float64)
+    for position, expert in enumerate(present):
+        weight = projected_weight(coefficients(table[expert], mix), basis)
+        rows = slot == position
+        out[rows] = x[rows].astype(np.float64) @ weight.T
+    return out
+
+
 def expert_vector(weights: dict[str, np.ndarray], expert: int | None = None,
                   histogram: np.ndarray | None = None) -> np.ndarray:
     """E[expert], or p @ E for a histogram p over the k experts (normalized here)."""
@@ -79,18 +111,45 @@ def projection_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def init_expert_embedding(projection: Projection, rng: np.random.Generator) -> np.ndarray:
+    """E (k, m) with unit rows sqrt(c) u + sqrt(1 - c) g_i: u one shared unit vector, g_i each expert's own
+    unit vector orthogonal to u, c the spec's expert_similarity, so E[i] . E[j] = c + (1 - c) g_i . g_j,
+    c on average. c = 0: independent random unit rows. (m = 1 leaves no room for g_i: every row is u.)"""
+    k, m, c = projection.k, projection.m, float(projection.expert_similarity)
+    own = rng.standard_normal((k, m))
+    if c > 0:
+        shared = rng.standard_normal(m)
+        shared /= np.linalg.norm(shared)
+        own -= np.outer(own @ shared, shared)
+        norms = np.linalg.norm(own, axis=1, keepdims=True)
+        own = np.divide(own, norms, out=np.zeros_like(own), where=norms > 1e-12)
+        table = np.sqrt(c) * shared + np.sqrt(1 - c) * own
+    else:
+        table = own
+    return (table / np.linalg.norm(table, axis=1, keepdims=True)).astype(np.float32)
+
+
+def semi_orthogonal(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """A random (rows, cols) matrix with orthonormal rows (rows <= cols), else orthonormal columns
+    scaled by sqrt(rows/cols): either way |e @ M| = |e| (exactly, or on average over e)."""
+    q, r = np.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
+    q *= np.sign(np.diag(r))  # the Haar measure, not QR's sign convention
+    return q.T if rows <= cols else q * np.sqrt(rows / cols)
+
+
 def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, float]) -> dict[str, np.ndarray]:
     """Random E, M and T such that every instantiated expert starts at the scale of a fresh SLM.
 
-    E's rows have unit norm and M's entries variance 1/h, so a = E[i] @ M has |a|² ≈ 1; T's entries
-    have the SLM's variance σ² for that matrix, so W = Σ a_r T_r has entries of variance |a|² σ² ≈ σ².
-    `std` maps each projected matrix name prefix to its SLM standard deviation.
+    E's rows have unit norm and M has orthonormal rows (m <= h), so a = E[i] @ M has |a| = 1 and two
+    experts' coefficients have the cosine of their embeddings, the spec's expert_similarity on average
+    (init_expert_embedding); for m > h, M has orthonormal columns times sqrt(m/h), so |a|² ≈ 1. T's
+    entries have the SLM's variance σ² for that matrix, so W = Σ a_r T_r has entries of variance
+    |a|² σ² = σ². `std` maps each projected matrix name prefix to its SLM standard deviation.
     """
     p: Projection = spec.projection
-    table = rng.standard_normal((p.k, p.m))
-    out = {EXPERT_EMBEDDING: (table / np.linalg.norm(table, axis=1, keepdims=True)).astype(np.float32)}
+    out = {EXPERT_EMBEDDING: init_expert_embedding(p, rng)}
     for prefix, (rows, cols) in projected_matrices(spec).items():
         out[f"{prefix}.basis"] = rng.standard_normal((p.h, rows, cols), dtype=np.float32) * np.float32(std[prefix])
-        out[f"{prefix}.mix"] = (rng.standard_normal((p.m, p.h)) / np.sqrt(p.h)).astype(np.float32)
+        out[f"{prefix}.mix"] = semi_orthogonal(p.m, p.h, rng).astype(np.float32)
     return out
 

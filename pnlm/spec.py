@@ -24,6 +24,7 @@ MAX_CONTEXT = 1 << 20
 MAX_EXPERTS = 1 << 16
 MAX_PARAMS = 200_000_000_000
 MAX_SPEC_BYTES = 1 << 20
+DEFAULT_EXPERT_SIMILARITY = 0.9  # docs/results/pn-ablation.md
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,23 @@ class Projection:
     """Projected MLP weights W(l,i) = sum_q E[i,q] sum_r M(l)[q,r] T(l)[r] (DESIGN.md).
 
     h: basis tensors per projected matrix, k: experts (clusters), m: width of the expert embedding E.
+    expert_similarity: how alike the experts start (initialization only). Every row of E starts as
+    sqrt(c) u + sqrt(1 - c) g_i, with u shared and g_i the expert's own unit vector orthogonal to u, so two
+    experts' embeddings start at cosine c on average: near one shared model, so that what one cluster
+    teaches the MLPs reaches the others (docs/projected.md). 0 gives independent random experts.
     """
 
     h: int
     k: int
     m: int
+    expert_similarity: float = DEFAULT_EXPERT_SIMILARITY
 
     def validate(self) -> None:
         for name in ("h", "k", "m"):
             _check_int(f"projection.{name}", getattr(self, name), 1, MAX_EXPERTS)
+        c = self.expert_similarity
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < 1:
+            raise SpecError(f"projection.expert_similarity must be a number in [0, 1), got {c!r}")
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,9 @@ class ModelSpec:
         values = dict(data)
         projection = values.get("projection")
         if projection is not None:
-            if not isinstance(projection, dict) or set(projection) != {"h", "k", "m"}:
-                raise SpecError(f"{source}: projection must be a table with exactly h, k and m")
+            if not isinstance(projection, dict) or not {"h", "k", "m"} <= set(projection) <= PROJECTION_KEYS:
+                raise SpecError(f"{source}: projection must be a table with h, k and m (and optionally "
+                                f"expert_similarity)")
             values["projection"] = Projection(**projection)
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in values)
@@ -169,6 +179,9 @@ class OptimizerSpec:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 5.0
+
+
+PROJECTION_KEYS = {field.name for field in dataclasses.fields(Projection)}
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

@@ -16,6 +16,7 @@ from pnlm.checkpoint import load_checkpoint
 from pnlm.cluster import assign_clusters, fit_clusters
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
+from pnlm.data.samplers import RoutedSampler, UniformSampler
 
 
 def pnlm_cli(*args):
@@ -83,6 +84,29 @@ def test_pn_resume_after_kill_gives_the_uninterrupted_losses(tmp_path, corpus):
         return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
 
     assert losses(tmp_path / "straight") == losses(run)
+
+
+def test_pn_batches_are_the_slms_with_each_rows_cluster(tmp_path, corpus):
+    generic, _, clusters = corpus
+    labels = generic.cluster_ids("train")
+    routed, uniform = RoutedSampler(generic, 6, 0, 2), UniformSampler(generic, 6, 0)
+    mixed = 0
+    for step in range(20):
+        indices, experts = routed.train_batch(step)
+        assert np.array_equal(indices, uniform.train_batch(step)[0]) and np.array_equal(experts, labels[indices])
+        mixed += len(set(experts.tolist())) > 1
+    assert mixed >= 10
+    valid = generic.cluster_ids("valid")
+    groups = list(routed.eval_groups("valid", 4))  # evaluation stays cluster by cluster, each by its expert
+    assert sum(len(i) for i, _ in groups) == len(valid) and all(set(valid[i].tolist()) == {e} for i, e in groups)
+    # One-cluster batches stay available (the ablation), and a run resumes only on the batches it began with.
+    common = ["pretrain", "--method", "pn", "--model", "pn-tiny", "--data", generic.path, "--clusters", clusters,
+              "--projection", "3,2,2", "--backend", "torch", "--batch-size", 4, "--out", tmp_path / "run"]
+    assert pnlm_cli(*common, "--steps", 3, "--pn-batches", "one-cluster").returncode == 0
+    other = pnlm_cli(*common, "--steps", 5, "--resume")
+    assert other.returncode == 2 and "one-cluster batches" in other.stderr, other.stderr
+    assert pnlm_cli(*common, "--steps", 5, "--resume", "--pn-batches", "one-cluster").returncode == 0
+    assert json.loads((tmp_path / "run" / "latest" / "config.json").read_text())["batches"] == "one-cluster"
 
 
 def test_mixture_trains_one_model_per_cluster_and_hands_out_the_domains(tmp_path, corpus):

@@ -1,14 +1,16 @@
-"""Projected networks: both backends equal the numpy oracle, an instantiated expert is the PN for its
-cluster, and the hard-mixture special case (h = k, E = I, M = I) is k independent MLPs."""
+"""Projected networks: both backends equal the numpy oracle (one expert, and a mixed batch whose rows each
+go through their own expert), an instantiated expert is the PN for its cluster, the experts start as alike
+as the spec says, and the hard-mixture special case (h = k, E = I, M = I) is k independent MLPs."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
+from pnlm.errors import SpecError
 from pnlm.projection import EXPERT_EMBEDDING, coefficients, expert_vector, instantiate, projected_matrices, \
-    projected_weight
-from pnlm.spec import OptimizerSpec, Projection
+    projected_weight, routed_projection
+from pnlm.spec import ModelSpec, OptimizerSpec, Projection
 from pnlm.weights import init_weights
 
 
@@ -49,15 +51,84 @@ def test_projected_weights_equal_the_oracle_and_experts_instantiate_exactly(pn_s
         assert sorted(instantiate(weights, pn_spec, vector)) == sorted(init_weights(plain_spec, 0))
 
 
+ROWS = np.array([3, 0, 3, 1, 4, 0])  # a mixed batch: 4 of the 5 experts, expert 2 absent
+
+
+def silu(x):
+    return x / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_mixed_batch_goes_row_by_row_through_each_rows_expert(pn_spec, backend):
+    weights = init_weights(pn_spec, seed=3)
+    step = build(backend, pn_spec, weights)
+    rng = np.random.default_rng(4)
+    # The projected MLP on a mixed batch equals the numpy oracle, with one W per expert present.
+    x = rng.standard_normal((len(ROWS), 7, pn_spec.d_model)).astype(np.float32)
+    table, prefix = weights[EXPERT_EMBEDDING], "model.layers.1.mlp"
+
+    def oracle(inputs, name):
+        return routed_projection(inputs, ROWS, table, weights[f"{prefix}.{name}.mix"], weights[f"{prefix}.{name}.basis"])
+
+    expected = oracle(silu(oracle(x, "gate_proj")) * oracle(x, "up_proj"), "down_proj")
+    mlp = step.model.model.layers[1].mlp
+    if backend == "mlx":
+        import mlx.core as mx
+        from pnlm.backends.mlx.model import Routing
+        routing = Routing.of(step.model.model.expert_embedding, mx.array(ROWS))
+        got = np.array(mlp(mx.array(x), routing))
+    else:
+        import torch
+        from pnlm.backends.torch.model import Routing
+        routing = Routing.of(step.model.model.expert_embedding, torch.from_numpy(ROWS))
+        got = mlp(torch.from_numpy(x), routing).detach().numpy()
+    assert routing.vectors.shape == (4, pn_spec.projection.m)
+    assert np.abs(got - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
+    # The whole network on a mixed batch: each row's NLL is that of its expert instantiated as a plain SLM.
+    tokens = rng.integers(0, pn_spec.vocab_size, (len(ROWS), 33))
+    mixed, count = step.nll(tokens[:, :-1], tokens[:, 1:], expert=ROWS)
+    per_row = 0.0
+    for row, expert in enumerate(ROWS):
+        plain = build(backend, pn_spec.plain(), instantiate(weights, pn_spec, expert_vector(weights, expert=int(expert))))
+        per_row += plain.nll(tokens[row:row + 1, :-1], tokens[row:row + 1, 1:])[0]
+    assert count == tokens[:, 1:].size and abs(mixed - per_row) < 1e-5 * per_row
+
+
 def test_torch_and_mlx_train_a_projected_network_alike(pn_spec):
     weights = init_weights(pn_spec, seed=2)
-    batch = np.random.default_rng(1).integers(0, pn_spec.vocab_size, (4, 33))
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, pn_spec.vocab_size, (6, 33))
+    # Mixed batches (also in two micro-batches, whose experts differ), and one-cluster batches.
+    routes = [dict(expert=ROWS), dict(expert=rng.integers(0, 5, 6)), dict(expert=ROWS, micro_batches=2),
+              dict(expert=0), dict(expert=np.full(6, 2)), dict(expert=ROWS)]
     losses = {}
     for backend in ("torch", "mlx"):
         step = build(backend, pn_spec, weights)
-        losses[backend] = [step(batch[:, :-1], batch[:, 1:], expert=e) for e in (0, 1, 0, 2, 0)]
+        losses[backend] = [step(batch[:, :-1], batch[:, 1:], **route) for route in routes]
     assert np.abs(np.array(losses["torch"]) - np.array(losses["mlx"])).max() < 1e-5
     assert losses["torch"][-1] < losses["torch"][0]
+
+
+@pytest.mark.parametrize("similarity", [0.0, 0.5, 0.9])
+def test_experts_start_as_alike_as_the_spec_says(tiny_spec, similarity):
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=4, k=32, m=16, expert_similarity=similarity))
+    table = init_weights(spec.validate(), seed=0)[EXPERT_EMBEDDING]
+    assert np.allclose(np.linalg.norm(table, axis=1), 1, atol=1e-5)
+    cosines = (table @ table.T)[np.triu_indices(len(table), 1)]
+    assert abs(cosines.mean() - similarity) < 0.05, cosines.mean()
+
+
+def test_expert_similarity_is_optional_and_checked(tiny_spec):
+    settings = tiny_spec.to_dict()
+    old = ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2}})  # a config.json before the knob
+    assert old.projection == Projection(2, 3, 2) and old.projection.expert_similarity == 0.9
+    given = ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2, "expert_similarity": 0}})
+    assert ModelSpec.from_dict(given.to_dict()) == given and given.projection.expert_similarity == 0
+    for bad in (1.0, -0.1, "0.5", True):
+        with pytest.raises(SpecError, match="expert_similarity"):
+            ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2, "expert_similarity": bad}})
+    with pytest.raises(SpecError, match="projection must be a table"):
+        ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2, "spread": 1}})
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])

@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 
 from pnlm.backends.mlx.cpu_ops import masked_softmax, on_cpu, silu
 from pnlm.lora import ADAPTER_SUFFIXES
+from pnlm.projection import group_rows
 from pnlm.spec import ModelSpec
 
 
@@ -115,7 +116,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
         self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
 
-    def __call__(self, x: mx.array, expert_vector: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, routing: Routing | None = None) -> mx.array:
         return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -129,11 +130,38 @@ class ProjectedLinear(nn.Module):
         self.mix = mx.zeros((p.m, p.h))
 
     def weight(self, expert_vector: mx.array) -> mx.array:
+        """W for one expert vector (m,); for vectors (S, m), the S matrices (S, out, in)."""
         return mx.tensordot(expert_vector @ self.mix, self.basis, axes=1)
 
 
+class Routing:
+    """Which expert each row of a batch uses: the vectors of the experts present (S, m) and, when there are
+    several, each row's position among them (B,). S is a shape, so a compiled step traces once per number
+    of experts present."""
+
+    def __init__(self, vectors: mx.array, row_slot: mx.array | None = None) -> None:
+        self.vectors = vectors
+        self.row_slot = row_slot if row_slot is not None and vectors.shape[0] > 1 else None
+
+    @classmethod
+    def of(cls, table: mx.array, expert) -> "Routing":
+        """expert: an index (int or 0-d), an expert vector (m,) of floats, one index per row (B,), or the
+        experts present and each row's position among them ((S,), (B,)): what a compiled step is given."""
+        if isinstance(expert, tuple):
+            present, row_slot = expert
+            return cls(table[present], row_slot)
+        expert = mx.array(expert) if not isinstance(expert, mx.array) else expert
+        if mx.issubdtype(expert.dtype, mx.floating):
+            return cls(expert.astype(table.dtype).reshape(1, -1))
+        if expert.ndim == 0:
+            return cls(table[expert][None])
+        present, row_slot = group_rows(np.array(expert))
+        return cls(table[mx.array(present)], mx.array(row_slot.astype(np.uint32)))
+
+
 class ProjectedMLP(nn.Module):
-    """SwiGLU whose three matrices are projected: formed once per forward pass (a batch is one expert's)."""
+    """SwiGLU whose three matrices are projected: W is formed once per expert present in the batch, and
+    each row goes through its own expert's matrices in one gathered product (no per-row copy of W)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -141,10 +169,15 @@ class ProjectedMLP(nn.Module):
         self.up_proj = ProjectedLinear(spec.d_model, spec.d_ff, spec)
         self.down_proj = ProjectedLinear(spec.d_ff, spec.d_model, spec)
 
-    def __call__(self, x: mx.array, expert_vector: mx.array | None = None) -> mx.array:
-        gate = x @ self.gate_proj.weight(expert_vector).astype(x.dtype).T
-        up = x @ self.up_proj.weight(expert_vector).astype(x.dtype).T
-        return (silu(gate) * up) @ self.down_proj.weight(expert_vector).astype(x.dtype).T
+    def __call__(self, x: mx.array, routing: Routing | None = None) -> mx.array:
+        gate, up, down = (m.weight(routing.vectors).astype(x.dtype) for m in (self.gate_proj, self.up_proj, self.down_proj))
+        if routing.row_slot is None:
+            return (silu(x @ gate[0].T) * (x @ up[0].T)) @ down[0].T
+
+        def linear(inputs: mx.array, weights: mx.array) -> mx.array:
+            return mx.gather_mm(inputs, weights.swapaxes(-1, -2), rhs_indices=routing.row_slot)
+
+        return linear(silu(linear(x, gate)) * linear(x, up), down)
 
 
 class TransformerBlock(nn.Module):
@@ -155,9 +188,9 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.mlp = MLP(spec) if spec.projection is None else ProjectedMLP(spec)
 
-    def __call__(self, x: mx.array, cache: KVCache | None, layer: int, expert_vector: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, layer: int, routing: Routing | None = None) -> mx.array:
         x = x + self.self_attn(self.input_layernorm(x), cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x), expert_vector)
+        return x + self.mlp(self.post_attention_layernorm(x), routing)
 
 
 class TransformerBody(nn.Module):
@@ -170,16 +203,16 @@ class TransformerBody(nn.Module):
             self.expert_embedding = mx.zeros((spec.projection.k, spec.projection.m))
 
     def __call__(self, tokens: mx.array, cache: KVCache | None = None, expert=None) -> mx.array:
-        """expert (projected networks): an expert index (int or 0-d array), or an expert vector (m,)."""
-        vector = None
+        """expert (projected networks): an expert index (int or 0-d array), an expert vector (m,) of floats,
+        one expert index per row (batch,) of integers, or (experts present, each row's position among them)."""
+        routing = None
         if "expert_embedding" in self:
             if expert is None:
-                raise ValueError("a projected network needs an expert (index or vector)")
-            expert = mx.array(expert) if not isinstance(expert, mx.array) else expert
-            vector = self.expert_embedding[expert] if expert.ndim == 0 else expert.astype(self.expert_embedding.dtype)
+                raise ValueError("a projected network needs an expert (index, vector or one index per row)")
+            routing = Routing.of(self.expert_embedding, expert)
         x = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache, i, vector)
+            x = layer(x, cache, i, routing)
         if cache is not None:
             cache.offset += tokens.shape[1]
         return self.norm(x)

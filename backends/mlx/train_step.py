@@ -15,6 +15,7 @@ from pnlm.backends.mlx.model import Transformer
 from pnlm.distill import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.loop import PRECISIONS, micro_batch_rows
+from pnlm.projection import group_rows
 from pnlm.spec import OptimizerSpec
 
 
@@ -58,17 +59,17 @@ class TrainStep:
             return (1 - alpha) * nll + alpha * temperature ** 2 * kl
 
         def loss_fn(trainable: dict, inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array,
-                    expert: mx.array, *teacher: mx.array) -> mx.array:
+                    present: mx.array, row_slot: mx.array, *teacher: mx.array) -> mx.array:
             model.update(tree_map(lambda p: p.astype(compute), trainable) if compute is not None else trainable)
-            logits = model(inputs, expert=expert).astype(mx.float32)
+            logits = model(inputs, expert=(present, row_slot)).astype(mx.float32)
             return (per_token(logits, targets, teacher) * mask).sum() / count
 
         value_and_grad = mx.value_and_grad(loss_fn)
 
-        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array, expert: mx.array,
-                      *teacher: mx.array):
+        def gradients(inputs: mx.array, targets: mx.array, mask: mx.array, count: mx.array, present: mx.array,
+                      row_slot: mx.array, *teacher: mx.array):
             master = model.trainable_parameters()
-            loss, grads = value_and_grad(master, inputs, targets, mask, count, expert, *teacher)
+            loss, grads = value_and_grad(master, inputs, targets, mask, count, present, row_slot, *teacher)
             model.update(master)  # the float32 weights back in place of the forward's copies
             return loss, grads
 
@@ -77,27 +78,29 @@ class TrainStep:
             self.optimizer.update(model, grads)
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(inputs: mx.array, targets: mx.array, mask: mx.array, expert: mx.array, *teacher: mx.array) -> mx.array:
-            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0), expert, *teacher)
+        def step(inputs: mx.array, targets: mx.array, mask: mx.array, present: mx.array, row_slot: mx.array,
+                 *teacher: mx.array) -> mx.array:
+            loss, grads = gradients(inputs, targets, mask, mx.maximum(mask.sum(), 1.0), present, row_slot, *teacher)
             apply(grads)
             return loss
 
         # The weights are an input: a compiled function would otherwise keep the ones it first saw.
         @partial(mx.compile, inputs=[model.state], outputs=[model.state])
-        def nll_sum(inputs: mx.array, targets: mx.array, mask: mx.array, expert: mx.array) -> mx.array:
+        def nll_sum(inputs: mx.array, targets: mx.array, mask: mx.array, present: mx.array,
+                    row_slot: mx.array) -> mx.array:
             master = model.trainable_parameters()
             if compute is not None:
                 model.update(tree_map(lambda p: p.astype(compute), master))
-            total = (token_nll(model(inputs, expert=expert).astype(mx.float32), targets) * mask).sum()
+            total = (token_nll(model(inputs, expert=(present, row_slot)).astype(mx.float32), targets) * mask).sum()
             model.update(master)
             return total
 
         @partial(mx.compile, inputs=[model.state], outputs=[model.state])
-        def log_probs(inputs: mx.array, expert: mx.array) -> mx.array:
+        def log_probs(inputs: mx.array, present: mx.array, row_slot: mx.array) -> mx.array:
             master = model.trainable_parameters()
             if compute is not None:
                 model.update(tree_map(lambda p: p.astype(compute), master))
-            logits = model(inputs, expert=expert).astype(mx.float32)
+            logits = model(inputs, expert=(present, row_slot)).astype(mx.float32)
             model.update(master)
             return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
@@ -126,28 +129,29 @@ class TrainStep:
         self.optimizer.learning_rate = lr
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | None = None, teacher: tuple | None = None) -> float:
+                 micro_batches: int = 1, expert: int | np.ndarray | None = None, teacher: tuple | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
-        for the same update with less memory. expert: the cluster of every row (projected networks).
+        for the same update with less memory. expert (projected networks): the cluster of every row, or
+        one cluster per row (batch,).
         teacher: (indices or None, log-probabilities) of the teacher for distillation (pnlm/distill.py).
         Return the loss before the update."""
         self.model.train()
         x, y, m = _arrays(inputs, targets, mask)
-        e = mx.array(expert or 0, dtype=mx.int32)  # an input, so that a new expert does not recompile
         soft: tuple = ()
         if teacher is not None:  # (indices,) log-probabilities; no indices for whole distributions
             indices, logprobs = teacher
             soft = (() if indices is None else (mx.array(indices.astype(np.int32)),)) + (
                 mx.array(logprobs.astype(np.float32)),)
         if micro_batches == 1:
-            loss = self._step(x, y, m, e, *soft)
+            loss = self._step(x, y, m, *_routing(expert, len(inputs)), *soft)
         else:
             count = mx.maximum(m.sum(), 1.0)
             loss, grads = mx.array(0.0), None
             for rows in micro_batch_rows(len(inputs), micro_batches):
+                routing = _routing(expert if np.ndim(expert) == 0 else np.asarray(expert)[rows], len(rows))
                 rows = mx.array(rows)
-                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, e, *(t[rows] for t in soft))
+                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, *routing, *(t[rows] for t in soft))
                 grads = part_grads if grads is None else tree_map(mx.add, grads, part_grads)
                 loss = loss + part
                 mx.eval(loss, grads)
@@ -156,18 +160,18 @@ class TrainStep:
         return loss.item()
 
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-            expert: int | None = None) -> tuple[float, int]:
+            expert: int | np.ndarray | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
         x, y, m = _arrays(inputs, targets, mask)
-        total = self._nll_sum(x, y, m, mx.array(expert or 0, dtype=mx.int32))
+        total = self._nll_sum(x, y, m, *_routing(expert, len(inputs)))
         mx.eval(total, self.model.state)
         return float(total.item()), int(np.asarray(m).sum())
 
-    def log_probs(self, inputs: np.ndarray, expert: int | None = None) -> np.ndarray:
+    def log_probs(self, inputs: np.ndarray, expert: int | np.ndarray | None = None) -> np.ndarray:
         """Next-token log-probabilities (batch, time, vocab), float32 (a teacher's)."""
         self.model.eval()
-        out = self._log_probs(mx.array(inputs.astype(np.int32)), mx.array(expert or 0, dtype=mx.int32))
+        out = self._log_probs(mx.array(inputs.astype(np.int32)), *_routing(expert, len(inputs)))
         mx.eval(out, self.model.state)
         return np.array(out)
 
@@ -201,6 +205,16 @@ class TrainStep:
         self.optimizer.state.clear()
         self.optimizer.state.update(restored)
         mx.eval(self.optimizer.state)
+
+
+def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[mx.array, mx.array]:
+    """The experts present and each row's position among them (pnlm.projection.group_rows), as inputs of the
+    compiled functions, so that other experts do not recompile (another number of them traces once more).
+    A plain model ignores them."""
+    if expert is None or np.ndim(expert) == 0:
+        return mx.array([int(expert or 0)], dtype=mx.int32), mx.zeros((rows,), dtype=mx.uint32)
+    present, row_slot = group_rows(expert)
+    return mx.array(present.astype(np.int32)), mx.array(row_slot.astype(np.uint32))
 
 
 def _arrays(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> tuple[mx.array, mx.array, mx.array]:

@@ -100,7 +100,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(spec.d_model, spec.d_ff, bias=False)
         self.down_proj = nn.Linear(spec.d_ff, spec.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, expert_vector: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -114,11 +114,40 @@ class ProjectedLinear(nn.Module):
         self.mix = nn.Parameter(torch.empty(p.m, p.h))
 
     def weight(self, expert_vector: torch.Tensor) -> torch.Tensor:
+        """W for one expert vector (m,); for vectors (S, m), the S matrices (S, out, in)."""
         return torch.tensordot(expert_vector @ self.mix, self.basis, dims=1)
 
 
+class Routing:
+    """Which expert each row of a batch uses: the vectors of the experts present (S, m) and, when there are
+    several, the rows grouped by expert: the size of each group and, unless the rows come sorted by expert
+    (as the train step hands them), the order that groups them and the way back."""
+
+    def __init__(self, vectors: torch.Tensor, row_slot: torch.Tensor | None = None) -> None:
+        self.vectors = vectors
+        self.grouped = row_slot is not None and len(vectors) > 1
+        self.order = self.restore = None
+        if self.grouped:
+            self.sizes = torch.bincount(row_slot, minlength=len(vectors)).tolist()
+            if bool((row_slot[1:] < row_slot[:-1]).any()):
+                self.order = torch.argsort(row_slot, stable=True)
+                self.restore = torch.argsort(self.order)
+
+    @classmethod
+    def of(cls, table: torch.Tensor, expert) -> "Routing":
+        """expert: an index (int or 0-d), an expert vector (m,) of floats, or one index per row (B,)."""
+        expert = torch.as_tensor(expert, device=table.device)
+        if expert.is_floating_point():
+            return cls(expert.to(table.dtype).reshape(1, -1))
+        if expert.dim() == 0:
+            return cls(table[expert][None])
+        present, row_slot = torch.unique(expert, return_inverse=True)
+        return cls(table[present], row_slot)
+
+
 class ProjectedMLP(nn.Module):
-    """SwiGLU whose three matrices are projected: formed once per forward pass (a batch is one expert's)."""
+    """SwiGLU whose three matrices are projected: W is formed once per expert present in the batch, and
+    each group of rows goes through its own expert's matrices (no per-row copy of W)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -126,10 +155,14 @@ class ProjectedMLP(nn.Module):
         self.up_proj = ProjectedLinear(spec.d_model, spec.d_ff, spec)
         self.down_proj = ProjectedLinear(spec.d_ff, spec.d_model, spec)
 
-    def forward(self, x: torch.Tensor, expert_vector: torch.Tensor | None = None) -> torch.Tensor:
-        gate = F.linear(x, self.gate_proj.weight(expert_vector).to(x.dtype))
-        up = F.linear(x, self.up_proj.weight(expert_vector).to(x.dtype))
-        return F.linear(F.silu(gate) * up, self.down_proj.weight(expert_vector).to(x.dtype))
+    def forward(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
+        gate, up, down = (m.weight(routing.vectors).to(x.dtype) for m in (self.gate_proj, self.up_proj, self.down_proj))
+        if not routing.grouped:
+            return F.linear(F.silu(F.linear(x, gate[0])) * F.linear(x, up[0]), down[0])
+        groups = torch.split(x if routing.order is None else x[routing.order], routing.sizes)
+        out = torch.cat([F.linear(F.silu(F.linear(rows, gate[s])) * F.linear(rows, up[s]), down[s])
+                         for s, rows in enumerate(groups)])
+        return out if routing.restore is None else out[routing.restore]
 
 
 class TransformerBlock(nn.Module):
@@ -141,9 +174,9 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(spec) if spec.projection is None else ProjectedMLP(spec)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cache: KVCache | None, layer: int,
-                expert_vector: torch.Tensor | None = None) -> torch.Tensor:
+                routing: Routing | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x), expert_vector)
+        return x + self.mlp(self.post_attention_layernorm(x), routing)
 
 
 class TransformerBody(nn.Module):
@@ -157,16 +190,16 @@ class TransformerBody(nn.Module):
             self.expert_embedding = nn.Parameter(torch.empty(spec.projection.k, spec.projection.m))
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, expert=None) -> torch.Tensor:
-        """expert (projected networks): an expert index (int or 0-d tensor), or an expert vector (m,)."""
-        vector = None
+        """expert (projected networks): an expert index (int or 0-d tensor), an expert vector (m,) of
+        floats, or one expert index per row (batch,) of integers."""
+        routing = None
         if hasattr(self, "expert_embedding"):
             if expert is None:
-                raise ValueError("a projected network needs an expert (index or vector)")
-            expert = torch.as_tensor(expert, device=self.expert_embedding.device)
-            vector = self.expert_embedding[expert] if expert.dim() == 0 else expert.to(self.expert_embedding.dtype)
+                raise ValueError("a projected network needs an expert (index, vector or one index per row)")
+            routing = Routing.of(self.expert_embedding, expert)
         x = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
-            x = layer(x, self.rope, cache, i, vector)
+            x = layer(x, self.rope, cache, i, routing)
         if cache is not None:
             cache.offset += tokens.shape[1]
         return self.norm(x)

@@ -16,6 +16,7 @@ from pnlm.backends.torch.model import Transformer
 from pnlm.distill import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.loop import PRECISIONS, micro_batch_rows
+from pnlm.projection import rows_by_expert
 from pnlm.spec import OptimizerSpec
 
 
@@ -75,7 +76,7 @@ class TrainStep:
         return self.rank == 0
 
     def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None,
-                  expert: int | None = None, teacher: tuple | None = None) -> torch.Tensor:
+                  expert=None, teacher: tuple | None = None) -> torch.Tensor:
         """Each target's loss: its NLL, or with a teacher (indices or None, log-probabilities) the
         distillation loss of pnlm/distill.py."""
         logits = (self.model if network is None else network)(inputs, expert=expert).float()
@@ -93,12 +94,12 @@ class TrainStep:
         return (1 - alpha) * nll + alpha * temperature ** 2 * kl
 
     @torch.no_grad()
-    def log_probs(self, inputs: np.ndarray, expert: int | None = None) -> np.ndarray:
+    def log_probs(self, inputs: np.ndarray, expert: int | np.ndarray | None = None) -> np.ndarray:
         """Next-token log-probabilities (batch, time, vocab), float32 (a teacher's)."""
         self.model.eval()
         x = torch.from_numpy(np.ascontiguousarray(inputs.astype(np.int64))).to(self.device)
         with self._autocast():
-            logits = self.model(x, expert=expert).float()
+            logits = self.model(x, expert=self._experts(expert)).float()
         return F.log_softmax(logits, dim=-1).cpu().numpy()
 
     def _teacher_tensors(self, teacher: tuple | None) -> tuple | None:
@@ -108,25 +109,36 @@ class TrainStep:
         indices = None if indices is None else torch.from_numpy(np.ascontiguousarray(indices, np.int64)).to(self.device)
         return indices, torch.from_numpy(np.ascontiguousarray(logprobs, np.float32)).to(self.device)
 
+    def _experts(self, expert: int | np.ndarray | None):
+        """An expert for every row as it is; one per row as a tensor on the device."""
+        if expert is None or np.ndim(expert) == 0:
+            return expert
+        return torch.from_numpy(np.asarray(expert, dtype=np.int64).reshape(-1)).to(self.device)
+
     def _tensors(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None):
         mask = np.ones(targets.shape, dtype=np.float32) if mask is None else mask.astype(np.float32)
         return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
                      for a in (inputs.astype(np.int64), targets.astype(np.int64), mask))
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | None = None, teacher: tuple | None = None) -> float:
+                 micro_batches: int = 1, expert: int | np.ndarray | None = None, teacher: tuple | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
-        for the same update with less memory. expert: the cluster of every row (projected networks).
+        for the same update with less memory. expert (projected networks): the cluster of every row, or
+        one cluster per row (batch,).
         teacher: (indices or None, log-probabilities) of the teacher for distillation (pnlm/distill.py).
         Return the loss before the update."""
         self.model.train()
+        inputs, targets, mask, expert, teacher = rows_by_expert(inputs, targets, mask, expert, teacher)
         x, y, m = self._tensors(inputs, targets, mask)
         soft = self._teacher_tensors(teacher)
+        experts = self._experts(expert)
+        per_row = torch.is_tensor(experts)
         count = m.sum().clamp(min=1.0)
         if self.world_size > 1:
             rows = torch.from_numpy(rank_rows(len(x), self.rank, self.world_size)).to(self.device)
             x, y, m = x[rows], y[rows], m[rows]
+            experts = experts[rows] if per_row else experts
             soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
         slices = micro_batch_rows(len(x), micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
@@ -139,7 +151,8 @@ class TrainStep:
                 self.model.set_requires_gradient_sync(last)
             with sync, self._autocast():
                 part_soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
-                part = (self.token_nll(x[rows], y[rows], self.network, expert, part_soft) * m[rows]).sum()
+                part_experts = experts[rows] if per_row else experts
+                part = (self.token_nll(x[rows], y[rows], self.network, part_experts, part_soft) * m[rows]).sum()
                 # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
                 # the summed gradient is that of the global batch's mean loss.
                 (part / count * self.world_size).backward()
@@ -150,12 +163,13 @@ class TrainStep:
 
     @torch.no_grad()
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-            expert: int | None = None) -> tuple[float, int]:
+            expert: int | np.ndarray | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
+        inputs, targets, mask, expert, _ = rows_by_expert(inputs, targets, mask, expert, None)
         x, y, m = self._tensors(inputs, targets, mask)
         with self._autocast():
-            return float((self.token_nll(x, y, expert=expert) * m).sum()), int(m.sum())
+            return float((self.token_nll(x, y, expert=self._experts(expert)) * m).sum()), int(m.sum())
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """The whole model's weights by canonical name. Under FSDP every rank must call it; rank 0 gets them."""

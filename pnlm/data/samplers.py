@@ -2,10 +2,12 @@
 so a resumed run sees exactly the batches an uninterrupted one would have.
 
 - UniformSampler: every window of the train split, a seeded permutation per epoch (SLM, LLM).
-- ClusterSampler: batches of one cluster each (projected networks: each step forms the expert's
-  weights once). Per epoch, every cluster's windows are permuted and cut into batches, and the
-  batches of all clusters are shuffled together: each window is seen once per epoch, and a
-  cluster's share of the steps is its share of the windows.
+- RoutedSampler: the UniformSampler's batches, each row with its cluster (projected networks: every
+  row goes through its own cluster's expert; the batch mixes clusters as the generic set does).
+- ClusterSampler: batches of one cluster each (projected networks' one-cluster batches, the ablation
+  of docs/results/pn-ablation.md). Per epoch, every cluster's windows are permuted and cut into
+  batches, and the batches of all clusters are shuffled together: each window is seen once per
+  epoch, and a cluster's share of the steps is its share of the windows.
 - ExpertSampler: only the windows of one cluster (the hard mixture's expert i).
 Each yields, for evaluation, (indices, expert) groups over a split.
 """
@@ -33,6 +35,8 @@ def batch_indices(step: int, batch_size: int, windows: int, seed: int) -> np.nda
 
 
 class UniformSampler:
+    name = "uniform"
+
     def __init__(self, store: TokenStore, batch_size: int, seed: int) -> None:
         self.store, self.batch_size, self.seed = store, batch_size, seed
         self.windows = store.num_windows("train")
@@ -63,7 +67,36 @@ def _labels(store: TokenStore, split: str, k: int) -> np.ndarray:
     return labels
 
 
+def cluster_groups(store: TokenStore, split: str, batch_size: int, k: int) -> Iterator[tuple[np.ndarray, int]]:
+    """A split's windows by cluster, in batches of one cluster each (evaluation of a projected network:
+    each cluster's windows by its own expert)."""
+    labels = _labels(store, split, k)
+    for cluster in range(k):
+        members = np.flatnonzero(labels == cluster)
+        for start in range(0, len(members), batch_size):
+            yield members[start:start + batch_size], cluster
+
+
+class RoutedSampler:
+    name = "mixed"
+
+    def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int) -> None:
+        self.store, self.batch_size, self.seed, self.k = store, batch_size, seed, k
+        self.labels = _labels(store, "train", k)
+        if not len(self.labels):
+            raise PnlmError(f"{store.path}: the train split has no windows")
+
+    def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        indices = batch_indices(step, self.batch_size, len(self.labels), self.seed)
+        return indices, self.labels[indices].astype(np.int64)
+
+    def eval_groups(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+        return cluster_groups(self.store, split, batch_size, self.k)
+
+
 class ClusterSampler:
+    name = "one-cluster"
+
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int) -> None:
         self.store, self.batch_size, self.seed, self.k = store, batch_size, seed, k
         labels = _labels(store, "train", k)
@@ -93,15 +126,13 @@ class ClusterSampler:
         return self._plan(epoch)[position]
 
     def eval_groups(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-        labels = _labels(self.store, split, self.k)
-        for cluster in range(self.k):
-            members = np.flatnonzero(labels == cluster)
-            for start in range(0, len(members), batch_size):
-                yield members[start:start + batch_size], cluster
+        return cluster_groups(self.store, split, batch_size, self.k)
 
 
 class ExpertSampler:
     """The windows of one cluster, uniformly, for a model that sees nothing else (no expert input)."""
+
+    name = "expert"
 
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int, cluster: int) -> None:
         self.store, self.batch_size, self.seed, self.k, self.cluster = store, batch_size, seed, k, cluster
@@ -124,6 +155,8 @@ class ImportanceSampler:
     probability p_domain(c), then one of its windows uniformly, is the same distribution, and is what
     step s does with a generator seeded by (seed, s): no weight table, and any step can be drawn alone.
     Evaluation: the windows in order (the domain's own valid split is the usual target)."""
+
+    name = "importance"
 
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int, domain_histogram: np.ndarray) -> None:
         from pnlm.cluster.histogram import cluster_histogram, importance_weights

@@ -1,0 +1,201 @@
+"""Ablation: projected networks with one-cluster or mixed batches, random or shared-start experts, beside the SLM.
+
+    python bench/pn_ablation.py --data STORE --clusters CLUSTERS --out DIR [--workers 2]
+                                [--lrs 1e-3,2e-3,4e-3] [--seeds 0,1] [--budgets 400,1500]
+                                [--ablation-lr 2e-3] [--projection 4,8,4] [--backend torch]
+
+Every run is one `pnlm pretrain` command (printed, and kept in DIR/commands.txt), run with --resume so
+that a killed ablation continues where it stopped. The grid:
+- slm and pn (mixed batches, shared start: the defaults) at every lr, seed and budget;
+- the other three cells of {one-cluster, mixed} x {random, shared} at the first budget, --ablation-lr,
+  every seed.
+Then DIR/results.csv (validation perplexity at every evaluation of every run), DIR/summary.md (the
+tables of docs/results/pn-ablation.md) and DIR/curves.png. Runs go --workers at a time, each on one
+thread (OMP_NUM_THREADS=1), longest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ARMS = {  # name: (method, batches, expert_similarity)
+    "slm": ("slm", None, None),
+    "pn mixed, shared": ("pn", "mixed", 0.9),
+    "pn mixed, random": ("pn", "mixed", 0.0),
+    "pn one-cluster, shared": ("pn", "one-cluster", 0.9),
+    "pn one-cluster, random": ("pn", "one-cluster", 0.0),
+}
+
+
+def slug(text: str) -> str:
+    return text.replace("pn ", "pn-").replace(", ", "-").replace(" ", "")
+
+
+def spec_file(out: Path, projection: tuple[int, int, int], similarity: float) -> Path:
+    h, k, m = projection
+    path = out / f"pn-tiny-sim{similarity:g}.toml"
+    path.write_text(f'[model]\npreset = "tiny"\n\n[model.projection]\nh = {h}\nk = {k}\nm = {m}\n'
+                    f"expert_similarity = {similarity}\n")
+    return path
+
+
+def runs(args: argparse.Namespace) -> list[dict]:
+    grid = []
+    for budget in args.budgets:
+        for arm, (method, batches, similarity) in ARMS.items():
+            main = arm in ("slm", "pn mixed, shared")
+            if not main and budget != args.budgets[0]:
+                continue
+            for lr in (args.lrs if main else [args.ablation_lr]):
+                for seed in args.seeds:
+                    grid.append({"arm": arm, "method": method, "batches": batches, "similarity": similarity,
+                                 "lr": lr, "seed": seed, "steps": budget,
+                                 "name": f"{slug(arm)}-lr{lr:g}-s{seed}-{budget}"})
+    return sorted(grid, key=lambda run: -run["steps"])
+
+
+def eval_every(steps: int, evals: int) -> int:
+    """About `evals` evaluations, the last one at the last step."""
+    every = max(steps // evals, 1)
+    while steps % every:
+        every -= 1
+    return every
+
+
+def command(run: dict, args: argparse.Namespace) -> list[str]:
+    pnlm = str(Path(sys.executable).parent / "pnlm")
+    model = "tiny" if run["method"] == "slm" else str(spec_file(args.out, args.projection, run["similarity"]))
+    cmd = [pnlm, "pretrain", "--method", run["method"], "--model", model, "--data", str(args.data),
+           "--backend", args.backend, "--steps", str(run["steps"]), "--batch-size", str(args.batch_size),
+           "--lr", f"{run['lr']:g}", "--seed", str(run["seed"]), "--eval-every", str(eval_every(run["steps"], args.evals)),
+           "--checkpoint-every", str(max(run["steps"] // 4, 1)), "--out", str(args.out / "runs" / run["name"]),
+           "--resume", "--json"]
+    if run["method"] == "pn":
+        cmd += ["--clusters", str(args.clusters), "--pn-batches", run["batches"]]
+    return cmd
+
+
+def evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["step"], r["val_ppl"]) for r in records if "val_ppl" in r]
+
+
+def execute(run: dict, args: argparse.Namespace) -> None:
+    run_dir = args.out / "runs" / run["name"]
+    if any(step == run["steps"] for step, _ in evaluations(run_dir)):
+        return
+    started = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run(command(run, args), capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(f"{run['name']} failed: {result.stderr.strip()}")
+    print(f"{run['name']}: {evaluations(run_dir)[-1][1]:.1f} ({time.time() - started:.0f} s)", flush=True)
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = []
+    for run in runs(args):
+        for step, ppl in evaluations(args.out / "runs" / run["name"]):
+            rows.append({**{k: run[k] for k in ("arm", "lr", "seed", "steps")}, "step": step, "val_ppl": ppl})
+    with open(args.out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["arm", "lr", "seed", "steps", "step", "val_ppl"])
+        writer.writeheader()
+        writer.writerows(rows)
+    final = {}
+    for row in rows:
+        if row["step"] == row["steps"]:
+            final.setdefault((row["arm"], row["steps"], row["lr"]), []).append(row["val_ppl"])
+    lines = [f"Validation perplexity at the last step, mean of seeds {', '.join(map(str, args.seeds))} "
+             f"(each seed in brackets).", ""]
+    for budget in args.budgets:
+        lines += [f"### {budget} steps", "", "| run | lr | ppl | seeds |", "|---|---|---|---|"]
+        best = {}
+        for (arm, steps, lr), values in sorted(final.items()):
+            if steps != budget:
+                continue
+            mean = statistics.mean(values)
+            lines.append(f"| {arm} | {lr:g} | {mean:.1f} | {' / '.join(f'{v:.1f}' for v in values)} |")
+            if arm not in best or mean < best[arm][1]:
+                best[arm] = (lr, mean)
+        if "slm" in best and "pn mixed, shared" in best:
+            (slm_lr, slm), (pn_lr, pn) = best["slm"], best["pn mixed, shared"]
+            lines += ["", f"Best lr each: slm {slm:.1f} (lr {slm_lr:g}), pn {pn:.1f} (lr {pn_lr:g}): "
+                          f"pn / slm = **{pn / slm:.3f}**"]
+        lines.append("")
+    (args.out / "summary.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    plot(args, rows)
+
+
+def plot(args: argparse.Namespace, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.budgets), figsize=(6 * len(args.budgets), 4.5), squeeze=False)
+    colors = dict(zip(ARMS, ["black", "tab:red", "tab:orange", "tab:blue", "tab:green"]))
+    for ax, budget in zip(axes[0], args.budgets):
+        curves = {}
+        for row in rows:
+            if row["steps"] == budget:
+                curves.setdefault((row["arm"], row["lr"], row["seed"]), []).append((row["step"], row["val_ppl"]))
+        labelled = set()
+        for (arm, lr, seed), points in sorted(curves.items()):
+            steps, ppl = zip(*sorted(points))
+            label = f"{arm}, lr {lr:g}"
+            ax.plot(steps, ppl, color=colors[arm], alpha=0.9 if lr == args.ablation_lr else 0.35,
+                    linestyle="-" if seed == args.seeds[0] else "--", label=None if label in labelled else label)
+            labelled.add(label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation perplexity")
+        ax.set_title(f"{budget} steps (solid: seed {args.seeds[0]}, dashed: others)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(args.out / "curves.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--clusters", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--lrs", default="1e-3,2e-3,4e-3")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--budgets", default="400,1500")
+    parser.add_argument("--ablation-lr", type=float, default=2e-3)
+    parser.add_argument("--projection", default="4,8,4")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--evals", type=int, default=8, help="evaluations per run")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    args.seeds = [int(x) for x in args.seeds.split(",")]
+    args.budgets = [int(x) for x in args.budgets.split(",")]
+    args.projection = tuple(int(x) for x in args.projection.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    grid = runs(args)
+    (args.out / "commands.txt").write_text("".join(" ".join(command(run, args)) + "\n" for run in grid))
+    if not args.report_only:
+        with ThreadPoolExecutor(args.workers) as pool:
+            list(pool.map(lambda run: execute(run, args), grid))
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
