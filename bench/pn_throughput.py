@@ -7,8 +7,9 @@ Both run through the loop (pnlm/loop.py) on the sample books (2,048-piece tokeni
 batch 8). The PN draws the SLM's batches and sends each row through its own cluster's expert
 (--batches mixed, what `pnlm pretrain --method pn` does), or draws one cluster a batch (one-cluster).
 The windows get random cluster labels here, uniform over the k clusters: the most experts a batch can
-hold, the slowest case for mixed batches; labelling them with MiniLM would only add its time. Rounds alternate SLM and every PN, per backend; tokens/s is
-measured from the second logged step to the last (the first includes compilation).
+hold, the slowest case for mixed batches; labelling them with MiniLM would only add its time. Rounds alternate SLM and every PN, per backend, each run in a
+fresh process; tokens/s is measured from the second logged step to the last (the first includes
+compilation).
 """
 
 from __future__ import annotations
@@ -29,6 +30,32 @@ def tokens_per_s(run: Path) -> float:
     return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
+def measure(backend: str, spec: dict, store_path: str, steps: int, batch_size: int, batches: str,
+            threads: int, run: str) -> float:
+    """One run in a process of its own: a process that trained another model first runs slower (its
+    allocator's state), which would favour whichever model goes first."""
+    import pnlm.backends.mlx  # noqa: F401  (loads the BLAS before anything imports mlx.core)
+    import torch
+
+    from pnlm.backends import make_train_step
+    from pnlm.data.samplers import ClusterSampler, RoutedSampler
+    from pnlm.data.store import TokenStore
+    from pnlm.loop import TrainConfig, train
+    from pnlm.spec import ModelSpec, OptimizerSpec
+    from pnlm.weights import init_weights
+
+    torch.set_num_threads(threads)
+    spec = ModelSpec.from_dict(spec)
+    store = TokenStore(store_path)
+    config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=1e-3), warmup_steps=steps // 10)
+    sampler = None
+    if spec.projection is not None:
+        sampler = (RoutedSampler if batches == "mixed" else ClusterSampler)(store, batch_size, 0, spec.projection.k)
+    step_fn = make_train_step(backend, spec, init_weights(spec, 0), config.optimizer)
+    train(step_fn, spec, store.tokenizer(), store, config, run, sampler=sampler)
+    return tokens_per_s(Path(run))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
@@ -37,31 +64,27 @@ def main() -> None:
     parser.add_argument("--backends", default="torch,mlx")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args()
 
-    import pnlm.backends.mlx  # noqa: F401  (loads the BLAS before anything imports mlx.core)
+    import multiprocessing
+
     import numpy as np
-    import torch
 
     import pnlm
-    from pnlm.backends import make_train_step
     from pnlm.data import iter_documents
     from pnlm.data.prepare import prepare_store
-    from pnlm.data.samplers import ClusterSampler, RoutedSampler
-    from pnlm.loop import TrainConfig, train
-    from pnlm.spec import OptimizerSpec, Projection, load_spec
+    from pnlm.spec import Projection, load_spec
     from pnlm.tokenizer import train_tokenizer
-    from pnlm.weights import init_weights
 
-    torch.set_num_threads(args.threads)
     projections = [Projection(*map(int, p.split(","))) for p in args.projections.split(":")]
     backends = args.backends.split(",")
     samples = sorted(str(p) for p in (Path(pnlm.__file__).parent / "sample_data").glob("*.jsonl.gz"))
     names = ["slm"] + [f"pn h={p.h} k={p.k} m={p.m}" for p in projections]
     results = {backend: {name: [] for name in names} for backend in backends}
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tokenizer = train_tokenizer(iter_documents(samples), 2048, tmp / "tok")
@@ -69,10 +92,7 @@ def main() -> None:
                               valid_fraction=0.0, test_fraction=0.0, workers=1)[0]
         k_max = max(p.k for p in projections)
         labels = np.random.default_rng(0).integers(0, k_max, store.num_windows("train")).astype(np.int32)
-        store.write_cluster_ids({"train": labels}, {"k": k_max, "centroids_sha256": "random labels (benchmark)"})
         slm = load_spec(args.model).with_vocab(tokenizer.vocab_size)
-        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, optimizer=OptimizerSpec(lr=1e-3),
-                             warmup_steps=args.steps // 10)
         for round_ in range(args.rounds):
             for backend in backends:
                 for name, projection in zip(names, [None] + projections):
@@ -80,12 +100,10 @@ def main() -> None:
                     if projection is not None:  # labels 0..k-1 of this PN's k
                         store.write_cluster_ids({"train": labels % projection.k},
                                                 {"k": projection.k, "centroids_sha256": f"random {projection.k}"})
-                    sampler_class = RoutedSampler if args.batches == "mixed" else ClusterSampler
-                    sampler = None if projection is None else sampler_class(store, args.batch_size, 0, projection.k)
-                    step_fn = make_train_step(backend, spec, init_weights(spec, 0), config.optimizer)
                     run = tmp / f"{backend}-{round_}-{names.index(name)}"
-                    train(step_fn, spec, tokenizer, store, config, run, sampler=sampler)
-                    rate = tokens_per_s(run)
+                    with spawn.Pool(1) as pool:
+                        rate = pool.apply(measure, (backend, spec.to_dict(), str(store.path), args.steps,
+                                                    args.batch_size, args.batches, args.threads, str(run)))
                     results[backend][name].append(rate)
                     print(f"round {round_ + 1}: {backend:5} {name:18} {rate:10,.0f} tokens/s", flush=True)
     median = {b: {n: statistics.median(r) for n, r in by_name.items()} for b, by_name in results.items()}
