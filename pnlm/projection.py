@@ -129,27 +129,20 @@ def init_expert_embedding(projection: Projection, rng: np.random.Generator) -> n
     return (table / np.linalg.norm(table, axis=1, keepdims=True)).astype(np.float32)
 
 
-def semi_orthogonal(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """A random (rows, cols) matrix with orthonormal rows (rows <= cols), else orthonormal columns
-    scaled by sqrt(rows/cols): either way |e @ M| = |e| (exactly, or on average over e)."""
-    q, r = np.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
-    q *= np.sign(np.diag(r))  # the Haar measure, not QR's sign convention
-    return q.T if rows <= cols else q * np.sqrt(rows / cols)
-
-
 def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, float]) -> dict[str, np.ndarray]:
     """Random E, M and T such that every instantiated expert starts at the scale of a fresh SLM.
 
-    E's rows have unit norm and M has orthonormal rows (m <= h), so a = E[i] @ M has |a| = 1 and two
-    experts' coefficients have the cosine of their embeddings, the spec's expert_similarity on average
-    (init_expert_embedding); for m > h, M has orthonormal columns times sqrt(m/h), so |a|² ≈ 1. T's
-    entries have the SLM's variance σ² for that matrix, so W = Σ a_r T_r has entries of variance
-    |a|² σ² = σ². `std` maps each projected matrix name prefix to its SLM standard deviation.
+    E's rows have unit norm and M's entries variance 1/h, so a = E[i] @ M has |a|² ≈ 1; T's entries
+    have the SLM's variance σ² for that matrix, so W = Σ a_r T_r has entries of variance |a|² σ² ≈ σ².
+    `std` maps each projected matrix name prefix to its SLM standard deviation. How alike the experts
+    start is the spec's expert_similarity (init_expert_embedding); with 0, E is what it was before
+    that setting existed, draw for draw. (An M with orthonormal rows, |a| = 1 exactly, trained worse:
+    docs/results/pn-ablation.md.)
     """
     p: Projection = spec.projection
     out = {EXPERT_EMBEDDING: init_expert_embedding(p, rng)}
     for prefix, (rows, cols) in projected_matrices(spec).items():
         out[f"{prefix}.basis"] = rng.standard_normal((p.h, rows, cols), dtype=np.float32) * np.float32(std[prefix])
-        out[f"{prefix}.mix"] = semi_orthogonal(p.m, p.h, rng).astype(np.float32)
+        out[f"{prefix}.mix"] = (rng.standard_normal((p.m, p.h)) / np.sqrt(p.h)).astype(np.float32)
     return out
 
