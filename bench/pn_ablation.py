@@ -40,12 +40,16 @@ def slug(text: str) -> str:
     return text.replace("pn ", "pn-").replace(", ", "-").replace(" ", "")
 
 
-def spec_file(out: Path, projection: tuple[int, int, int], similarity: float) -> Path:
+def spec_file(out: Path, similarity: float) -> Path:
+    return out / f"pn-tiny-sim{similarity:g}.toml"
+
+
+def write_spec_files(out: Path, projection: tuple[int, int, int]) -> None:
+    """Once, before any run starts (a run reads its spec while others start)."""
     h, k, m = projection
-    path = out / f"pn-tiny-sim{similarity:g}.toml"
-    path.write_text(f'[model]\npreset = "tiny"\n\n[model.projection]\nh = {h}\nk = {k}\nm = {m}\n'
-                    f"expert_similarity = {similarity}\n")
-    return path
+    for similarity in {arm[2] for arm in ARMS.values() if arm[2] is not None}:
+        spec_file(out, similarity).write_text(f'[model]\npreset = "tiny"\n\n[model.projection]\nh = {h}\nk = {k}\n'
+                                              f"m = {m}\nexpert_similarity = {similarity}\n")
 
 
 def runs(args: argparse.Namespace) -> list[dict]:
@@ -73,7 +77,7 @@ def eval_every(steps: int, evals: int) -> int:
 
 def command(run: dict, args: argparse.Namespace) -> list[str]:
     pnlm = str(Path(sys.executable).parent / "pnlm")
-    model = "tiny" if run["method"] == "slm" else str(spec_file(args.out, args.projection, run["similarity"]))
+    model = "tiny" if run["method"] == "slm" else str(spec_file(args.out, run["similarity"]))
     cmd = [pnlm, "pretrain", "--method", run["method"], "--model", model, "--data", str(args.data),
            "--backend", args.backend, "--steps", str(run["steps"]), "--batch-size", str(args.batch_size),
            "--lr", f"{run['lr']:g}", "--seed", str(run["seed"]), "--eval-every", str(eval_every(run["steps"], args.evals)),
@@ -101,7 +105,8 @@ def execute(run: dict, args: argparse.Namespace) -> None:
     result = subprocess.run(command(run, args), capture_output=True, text=True, env=env)
     if result.returncode:
         raise SystemExit(f"{run['name']} failed: {result.stderr.strip()}")
-    print(f"{run['name']}: {evaluations(run_dir)[-1][1]:.1f} ({time.time() - started:.0f} s)", flush=True)
+    done = evaluations(run_dir)
+    print(f"{run['name']}: {done[-1][1] if done else float('nan'):.1f} ({time.time() - started:.0f} s)", flush=True)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -190,6 +195,7 @@ def main() -> None:
     args.projection = tuple(int(x) for x in args.projection.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     grid = runs(args)
+    write_spec_files(args.out, args.projection)
     (args.out / "commands.txt").write_text("".join(" ".join(command(run, args)) + "\n" for run in grid))
     if not args.report_only:
         with ThreadPoolExecutor(args.workers) as pool:

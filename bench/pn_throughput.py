@@ -1,7 +1,7 @@
 """Benchmark: projected-network pretraining tokens/s ÷ SLM pretraining tokens/s at the same inference size.
 
     python bench/pn_throughput.py [--model tiny] [--projections 4,8,4:4,16,4] [--batches mixed]
-                                  [--backends torch,mlx] [--steps 40] [--rounds 2] [--json OUT]
+                                  [--backends torch,mlx] [--steps 40] [--rounds 3] [--json OUT]
 
 Both run through the loop (pnlm/loop.py) on the sample books (2,048-piece tokenizer, context 256,
 batch 8). The PN draws the SLM's batches and sends each row through its own cluster's expert

@@ -149,8 +149,12 @@ def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
     config = verify_checkpoint(path) if config is None else config
     if not isinstance(config.get("format"), str) or config["format"] not in KINDS or config.get("version") != VERSION:
         raise CheckpointError(f"{path / CONFIG_FILE}: expected format {FORMAT!r} version {VERSION}")
+    spec = config.get("spec")
+    if isinstance(spec, dict) and isinstance(spec.get("projection"), dict):
+        # Written before expert_similarity existed: those networks started from independent experts (0).
+        spec = {**spec, "projection": {"expert_similarity": 0.0, **spec["projection"]}}
     try:
-        return ModelSpec.from_dict(config.get("spec"), source=str(path / CONFIG_FILE))
+        return ModelSpec.from_dict(spec, source=str(path / CONFIG_FILE))
     except PnlmError as exc:
         raise CheckpointError(str(exc)) from None
 

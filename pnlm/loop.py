@@ -140,8 +140,10 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         trainer = writer.restore(run_dir / LATEST, step_fn)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
-        if trainer.get("sampler", sampler.name) != sampler.name:
-            raise PnlmError(f"{run_dir / LATEST}: was trained on {trainer['sampler']} batches, not {sampler.name} "
+        # A projected network's run from before mixed batches recorded none: its batches were one cluster's.
+        began_with = trainer.get("sampler", "one-cluster" if spec.projection is not None else sampler.name)
+        if began_with != sampler.name:
+            raise PnlmError(f"{run_dir / LATEST}: was trained on {began_with} batches, not {sampler.name} "
                             f"ones; resume with the same batches")
         state.update({k: trainer[k] for k in state})
         if main:

@@ -118,6 +118,19 @@ def test_experts_start_as_alike_as_the_spec_says(tiny_spec, similarity):
     assert abs(cosines.mean() - similarity) < 0.05, cosines.mean()
 
 
+def test_a_checkpoint_from_before_expert_similarity_reads_as_independent_experts(tmp_path, tokenizer, tiny_spec):
+    import json
+
+    from pnlm.checkpoint import read_spec, save_checkpoint
+
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=3, m=2)).validate()
+    save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")
+    config = json.loads((tmp_path / "pn" / "config.json").read_text())
+    assert read_spec(tmp_path / "pn").projection.expert_similarity == 0.9
+    del config["spec"]["projection"]["expert_similarity"]  # what an older pnlm wrote
+    assert read_spec(tmp_path / "pn", config).projection == Projection(2, 3, 2, expert_similarity=0.0)
+
+
 def test_expert_similarity_is_optional_and_checked(tiny_spec):
     settings = tiny_spec.to_dict()
     old = ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2}})  # a config.json before the knob
