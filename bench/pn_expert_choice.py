@@ -1,13 +1,13 @@
 """Which expert a domain should take from a projected network: `--expert auto` (its top cluster's)
 against `--expert histogram` (E_p = p @ E, the domain's histogram mixing the experts), before and
-after fine-tuning, on the cells of a finished `pnlm experiment run`.
+after fine-tuning, on the pn cells of a `pnlm experiment run` (those finished so far).
 
-    python bench/pn_expert_choice.py RESULTS_DIR [--out DIR]
+    python bench/pn_expert_choice.py RESULTS_DIR [--out DIR] [--domain NAME]
 
 For every PN pretraining (budget) and domain store of the run, instantiates the histogram expert,
 evaluates it on the domain's test split, fine-tunes it with the plan's fine-tuning settings and
 evaluates again, exactly as the runner does for `auto` (cli/experiment.py); the auto figures are the
-run's own results.csv. Prints a markdown table and writes DIR/expert-choice.csv.
+run's own cells (RESULTS_DIR/cells/pn-*.json). Prints a markdown table and writes DIR/expert-choice.csv.
 """
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--domain", help="only this domain's cells")
     args = parser.parse_args()
     out = args.out or args.results
     plan = json.loads((args.results / "plan.json").read_text())
     ft, backend = plan["finetune"], plan["finetune_backend"]
     work = args.results / "work"
-    auto = {(r["budget_steps"], r["domain"], r["domain_tokens"]): r
-            for r in csv.DictReader(open(args.results / "results.csv")) if r["method"] == "pn"}
+    auto = {}
+    for cell in sorted((args.results / "cells").glob("pn-*.json")):  # the finished pn cells, as the runner wrote them
+        r = json.loads(cell.read_text())["result"]
+        if args.domain in (None, r["domain"]):
+            auto[(str(r["budget_steps"]), r["domain"], str(r["domain_tokens"]))] = r
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for (budget, domain, tokens), cell in sorted(auto.items()):
@@ -63,7 +67,7 @@ def main() -> None:
                          "histogram_pretrained_ppl": before, "auto_finetuned_ppl": float(cell["finetuned_ppl"]),
                          "histogram_finetuned_ppl": after})
             print(rows[-1], flush=True)
-    with open(out / "expert-choice.csv", "w", newline="") as f:
+    with open(out / f"expert-choice{'-' + args.domain if args.domain else ''}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
