@@ -77,17 +77,15 @@ def cluster_groups(store: TokenStore, split: str, batch_size: int, k: int) -> It
             yield members[start:start + batch_size], cluster
 
 
-class RoutedSampler:
+class RoutedSampler(UniformSampler):
     name = "mixed"
 
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int) -> None:
-        self.store, self.batch_size, self.seed, self.k = store, batch_size, seed, k
-        self.labels = _labels(store, "train", k)
-        if not len(self.labels):
-            raise PnlmError(f"{store.path}: the train split has no windows")
+        super().__init__(store, batch_size, seed)
+        self.k, self.labels = k, _labels(store, "train", k)
 
     def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        indices = batch_indices(step, self.batch_size, len(self.labels), self.seed)
+        indices, _ = super().train_batch(step)
         return indices, self.labels[indices].astype(np.int64)
 
     def eval_groups(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
