@@ -41,23 +41,37 @@ def projected_weight(coefficient: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return np.tensordot(coefficient, basis.astype(np.float64), axes=1)
 
 
+def expert_indices(expert) -> np.ndarray:
+    """Expert indices as given to a train step (one, or one per row). An expert vector of floats (p @ E) is
+    a model of its own: instantiate it (pnlm.projection.instantiate) rather than route rows to it."""
+    indices = np.asarray(expert)
+    if indices.dtype.kind not in "iu":
+        raise PnlmError(f"a train step takes expert indices (integers), not {indices.dtype} values; "
+                        f"instantiate an expert vector (p @ E) as a plain model to evaluate it")
+    return indices
+
+
 def group_rows(row_experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The experts present in a batch (sorted) and, for each row, the position of its expert among them:
     a mixed batch forms one W per expert present, never one per row."""
-    present, slot = np.unique(np.asarray(row_experts).reshape(-1), return_inverse=True)
+    present, slot = np.unique(expert_indices(row_experts).reshape(-1), return_inverse=True)
     return present, slot.reshape(-1)
 
 
 def rows_by_expert(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, expert, teacher: tuple | None):
     """A batch with its rows sorted by expert when each row has its own (a summed loss does not depend on
     the order of the rows), so that each expert's rows are one contiguous block; else as it is."""
-    if expert is None or np.ndim(expert) == 0:
+    if expert is None:
         return inputs, targets, mask, expert, teacher
-    order = np.argsort(np.asarray(expert).reshape(-1), kind="stable")
+    indices = expert_indices(expert)
+    if indices.ndim == 0:
+        return inputs, targets, mask, expert, teacher
+    if indices.shape != (len(inputs),):
+        raise PnlmError(f"{indices.size} expert indices for a batch of {len(inputs)} rows; give one, or one per row")
+    order = np.argsort(indices, kind="stable")
     if teacher is not None:
         teacher = tuple(None if part is None else part[order] for part in teacher)
-    return (inputs[order], targets[order], None if mask is None else mask[order], np.asarray(expert)[order],
-            teacher)
+    return inputs[order], targets[order], None if mask is None else mask[order], indices[order], teacher
 
 
 def routed_projection(x: np.ndarray, row_experts: np.ndarray, table: np.ndarray, mix: np.ndarray,

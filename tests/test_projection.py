@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pnlm.errors import SpecError
+from pnlm.errors import PnlmError, SpecError
 from pnlm.projection import EXPERT_EMBEDDING, coefficients, expert_vector, instantiate, projected_matrices, \
     projected_weight, routed_projection
 from pnlm.spec import ModelSpec, OptimizerSpec, Projection
@@ -92,6 +92,24 @@ def test_a_mixed_batch_goes_row_by_row_through_each_rows_expert(pn_spec, backend
         plain = build(backend, pn_spec.plain(), instantiate(weights, pn_spec, expert_vector(weights, expert=int(expert))))
         per_row += plain.nll(tokens[row:row + 1, :-1], tokens[row:row + 1, 1:])[0]
     assert count == tokens[:, 1:].size and abs(mixed - per_row) < 1e-5 * per_row
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_train_step_refuses_expert_vectors_and_miscounted_rows(pn_spec, backend):
+    # An expert vector (p @ E) is a model of its own, made by instantiate; a step given one used to read
+    # it as per-row indices (reordered rows, or the wrong rows) instead of refusing it.
+    weights = init_weights(pn_spec, seed=3)
+    step = build(backend, pn_spec, weights)
+    tokens = np.random.default_rng(5).integers(0, pn_spec.vocab_size, (pn_spec.projection.m, 9))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    vector = expert_vector(weights, histogram=np.ones(pn_spec.projection.k)).astype(np.float32)
+    with pytest.raises(PnlmError, match="expert indices"):
+        step.nll(inputs, targets, expert=vector)
+    with pytest.raises(PnlmError, match="expert indices"):
+        step(inputs, targets, expert=vector)
+    with pytest.raises(PnlmError, match="3 expert indices for a batch of 4 rows"):
+        step.nll(inputs, targets, expert=np.array([0, 1, 2]))
+    assert step.nll(inputs, targets, expert=np.int64(2))[0] == pytest.approx(step.nll(inputs, targets, expert=2)[0])
 
 
 def test_torch_and_mlx_train_a_projected_network_alike(pn_spec):
