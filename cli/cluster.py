@@ -16,7 +16,9 @@ import typer
 from rich.table import Table
 
 from pnlm.cli.console import console, print_json, window_progress
+from pnlm.cli.options import OVERWRITE
 from pnlm.cluster import DEFAULT_BATCH_SIZE, assign_clusters, fit_clusters
+from pnlm.outputs import CLUSTERS, check_output
 
 TABLE_ROWS = 32
 
@@ -53,9 +55,11 @@ def cluster(
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Windows embedded at a time."),
     precision: str = typer.Option("auto", "--precision", help="Embedding arithmetic: float32, bfloat16, or auto "
                                   "(bfloat16 where the CPU has it natively: about twice as fast, cosine >= 0.998)."),
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Embed STORE's windows (cached in STORE/embeddings), k-means its train split, write CLUSTERS, label STORE."""
+    check_output(out, CLUSTERS, overwrite, [store, tokenizer, embedder])
     with window_progress() as progress:
         result = fit_clusters(store, tokenizer, k, out, embedder=embedder, seed=seed, batch_size=batch_size,
                               precision=precision, on_progress=progress)

@@ -8,9 +8,11 @@ from pathlib import Path
 import typer
 
 from pnlm.cli.console import RateCounter, console, print_json, track
+from pnlm.cli.options import OVERWRITE
 from pnlm.data import TXT_MODES, ReadStats, iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.errors import InputError
+from pnlm.outputs import TOKEN_STORE, TOKENIZER, check_output
 from pnlm.tokenizer import load_tokenizer, train_tokenizer
 
 app = typer.Typer(no_args_is_help=True, help="Prepare corpora: tokenizer, token store, clusters.")
@@ -48,9 +50,11 @@ def tokenizer(
     txt_mode: str = TXT_MODE,
     skip_bad: bool = SKIP_BAD,
     max_documents: int = MAX_DOCUMENTS,
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train a SentencePiece BPE tokenizer (byte fallback, BOS/EOS, Llama settings) on a corpus."""
+    check_output(out, TOKENIZER, overwrite, inputs)
     stats = ReadStats()
     documents = track(_documents(inputs, text_field, txt_mode, skip_bad, stats, max_documents), "reading documents",
                       unit="docs")
@@ -76,6 +80,7 @@ def prepare(
     txt_mode: str = TXT_MODE,
     skip_bad: bool = SKIP_BAD,
     max_documents: int = MAX_DOCUMENTS,
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Tokenize a corpus in parallel into a memory-mapped token store with train/valid/test splits.
@@ -83,6 +88,7 @@ def prepare(
     Each document becomes [BOS] + tokens + [EOS], cut into non-overlapping windows of --context tokens
     (the last one of a document may be shorter). Empty documents are skipped and counted.
     """
+    check_output(out, TOKEN_STORE, overwrite, [*inputs, tokenizer])
     tok = load_tokenizer(tokenizer)
     read_stats = ReadStats()
     documents = _documents(inputs, text_field, txt_mode, skip_bad, read_stats, max_documents)
@@ -109,10 +115,13 @@ def subset(
     train_tokens: int = typer.Option(..., "--train-tokens", help="Tokens to keep in the train split: its first "
                                      "documents' windows in store order (valid and test are kept whole)."),
     out: Path = typer.Option(..., "--out", help="Token store folder to write."),
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """A copy of a store with a smaller train split: a domain's data at a given size, labels included."""
     from pnlm.data.subset import subset_store
+
+    check_output(out, TOKEN_STORE, overwrite, [store])
 
     result = subset_store(store, out, train_tokens)
     report = {"out": str(out), "splits": result.meta["splits"]}

@@ -8,7 +8,7 @@ import typer
 
 from pnlm.backends import make_train_step
 from pnlm.checkpoint import load_checkpoint
-from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run
+from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, check_run_output
 from pnlm.data.store import TokenStore
 from pnlm.distill import CACHE_META, DistillSpec, LiveTeacher, TeacherCache, write_teacher_cache
 from pnlm.errors import PnlmError
@@ -42,6 +42,7 @@ def distill(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Distill: the student learns the domain's tokens and the teacher's distributions at once."""
+    check_run_output(out, resume, [teacher, student, data])
     spec = DistillSpec(alpha=alpha, temperature=temperature).validate()
     teacher_ckpt, student_ckpt = load_checkpoint(teacher), load_checkpoint(student)
     refuse_projected(teacher_ckpt.spec, teacher)

@@ -26,6 +26,7 @@ import typer
 
 from pnlm import __version__
 from pnlm.atomic import atomic_file
+from pnlm.outputs import EXPERIMENT, check_output
 from pnlm.cli.console import console, print_json
 from pnlm.cluster.histogram import histogram_report
 from pnlm.cost import train_flops_per_token
@@ -87,11 +88,12 @@ class Runner:
 
     # Helpers
     def step(self, record: Path, args: list[str], what: str) -> dict[str, Any]:
-        """A command whose output is a folder written atomically: run it unless its record exists."""
+        """A command whose output is a folder written atomically: run it unless its record exists (a run
+        killed between the two writes that output again: the work folder is the runner's own)."""
         if record.is_file():
             return json.loads(record.read_text())
         console.print(f"[bold]{what}[/bold]")
-        result = invoke(args)
+        result = invoke([*args, "--overwrite"] if "--out" in args else args)
         write_json(record, result)
         return result
 
@@ -174,7 +176,7 @@ class Runner:
             args += ["--domain", str(self.store(domain, min(plan.domain_tokens)))]
         resumable = (run / "latest").is_dir() or (method == "mix" and run.is_dir())
         console.print(f"[bold]pretraining {name}[/bold]" + (" (resumed)" if resumable else ""))
-        summary = invoke(args + (["--resume"] if resumable else []))
+        summary = invoke(args + ["--resume"])  # also starts a run killed before its first checkpoint
         if method == "mix":
             experts = summary["experts"].values()
             summary = {"out": str(run), "steps": budget, "experts": len(summary["experts"]),
@@ -297,8 +299,8 @@ class Runner:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {
             "plan": self.plan.name, "started": _now(), "commit": _commit(), "machine": _machine(), "pnlm": __version__}
         info["finished"] = None
+        write_json(self.out / "plan.json", self.plan.to_json())  # first: it marks DIR as an experiment's
         write_json(info_path, info)
-        write_json(self.out / "plan.json", self.plan.to_json())
         self.prepare()
         shared = self.shared_pretraining()
         cells = []
@@ -355,6 +357,7 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
 ) -> None:
     """Run every cell of a plan (finished cells are skipped on a rerun), then write the report."""
+    check_output(out, EXPERIMENT, True, [plan])
     loaded = load_plan(plan)
     previous = out / "plan.json"
     if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(loaded.to_json())):

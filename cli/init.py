@@ -8,6 +8,8 @@ import typer
 
 from pnlm.checkpoint import save_checkpoint
 from pnlm.cli.console import console, print_json
+from pnlm.cli.options import OVERWRITE
+from pnlm.outputs import CHECKPOINT, check_output
 from pnlm.spec import load_spec
 from pnlm.tokenizer import load_tokenizer
 from pnlm.weights import init_weights
@@ -18,9 +20,11 @@ def init(
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer folder from `pnlm data tokenizer`; sets the vocabulary."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     seed: int = typer.Option(0, "--seed", help="The same seed gives the same weights on every backend."),
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Write a randomly initialized checkpoint (weights drawn in numpy, so backend-independent)."""
+    check_output(out, CHECKPOINT, overwrite, [tokenizer])
     tok = load_tokenizer(tokenizer)
     spec = load_spec(model).with_vocab(tok.vocab_size)
     save_checkpoint(out, spec, init_weights(spec, seed), tok, extra={"seed": seed})

@@ -8,7 +8,9 @@ import typer
 
 from pnlm.checkpoint import save_checkpoint
 from pnlm.cli.console import console, print_json
+from pnlm.cli.options import OVERWRITE
 from pnlm.experts import instantiate_expert
+from pnlm.outputs import CHECKPOINT, check_output
 
 
 def instantiate(
@@ -18,9 +20,11 @@ def instantiate(
     expert: str = typer.Option("auto", "--expert", help="auto (the domain's most frequent cluster), an index, or "
                                "histogram (pn: the experts mixed by the domain's histogram, E_p = p @ E)."),
     out: Path = typer.Option(..., "--out", help="The plain checkpoint to write."),
+    overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Write the expert as an ordinary small model (the SLM's shapes and parameter count) to fine-tune."""
+    check_output(out, CHECKPOINT, overwrite, [run, domain])
     chosen = instantiate_expert(run, domain, expert)
     save_checkpoint(out, chosen.spec, chosen.weights, chosen.tokenizer, chosen.method,
                     extra={"instantiated_from": chosen.report})

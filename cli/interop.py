@@ -9,6 +9,8 @@ import typer
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
 from pnlm.hf import export_hf, import_hf
+from pnlm.cli.options import OVERWRITE
+from pnlm.outputs import CHECKPOINT, check_output
 
 
 def export(
@@ -19,6 +21,8 @@ def export(
     """Write a checkpoint as a Hugging Face Llama model folder."""
     if format != "hf":
         raise PnlmError(f"--format {format!r}: this version exports hf (Hugging Face Llama) only")
+    # A Hugging Face folder carries no mark of who wrote it: an existing one is never replaced.
+    check_output(out, "Hugging Face folder", False, [checkpoint])
     export_hf(checkpoint, out)
     console.print(f"exported {checkpoint} to {out} (Hugging Face Llama: transformers, mlx_lm.load)")
 
@@ -26,7 +30,9 @@ def export(
 def import_command(
     folder: Path = typer.Argument(..., help="A local Hugging Face Llama folder with tokenizer.model."),
     out: Path = typer.Option(..., "--out", help="The pnlm checkpoint to write."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Read a local Hugging Face Llama folder (any size, safetensors) into a pnlm checkpoint."""
+    check_output(out, CHECKPOINT, overwrite, [folder])
     path = import_hf(folder, out)
     console.print(f"imported {folder} into {path}")

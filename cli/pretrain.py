@@ -17,7 +17,7 @@ import typer
 
 from pnlm.backends import make_train_step
 from pnlm.checkpoint import ModelWriter
-from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, _steps
+from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, _steps, check_run_output
 from pnlm.cluster.clusters import load_clusters
 from pnlm.cli.console import console, print_json
 from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler, RoutedSampler
@@ -98,6 +98,9 @@ def pretrain(
     """Pretrain from scratch on a token store (AdamW, warmup + cosine decay, clipping)."""
     if method not in METHODS:
         raise PnlmError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    # A mixture's processes each train their own experts into one RUN: each expert's folder guards itself.
+    check_run_output(out, resume, [data, clusters, domain, *([Path(model)] if model.endswith(".toml") else [])],
+                     continuing=resume or method == "mix", lock=method != "mix")
     store = TokenStore(data)
     spec = load_spec(model).with_vocab(store.vocab_size)
     if store.context > spec.context:

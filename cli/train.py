@@ -4,6 +4,7 @@ pnlm/loop.py on a chosen backend, its progress and summary."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import typer
@@ -13,9 +14,12 @@ from pnlm.adapter_checkpoint import AdapterWriter, fuse_checkpoint
 from pnlm.checkpoint import load_checkpoint
 from pnlm.inference import read_model, refuse_projected
 from pnlm.cli.console import StepProgress, console, print_json
+from pnlm.cli.options import OVERWRITE
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.loop import BEST, LATEST, TrainConfig, evaluate, train
+from pnlm.outputs import CHECKPOINT, RUN, check_output
+from pnlm.run_lock import lock_run
 from pnlm.lora import LoraSpec, init_adapters
 from pnlm.spec import OptimizerSpec
 from pnlm.weights import init_weights
@@ -84,6 +88,16 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
     return summary
 
 
+def check_run_output(out: Path, resume: bool, inputs: list, continuing: bool | None = None, lock: bool = True) -> None:
+    """A RUN folder may hold only a pnlm run, continued only with --resume (continuing: whether an existing
+    run may be written into); then this process locks it before building anything, so that a second writer
+    is refused at once. Under torchrun only rank 0 looks and locks: the others start while it writes."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_output(out, RUN, resume if continuing is None else continuing, inputs)
+        if lock:
+            lock_run(out)
+
+
 def finetune(
     checkpoint: Path = typer.Argument(..., help="The pretrained checkpoint to specialize."),
     data: Path = typer.Option(..., "--data", help="The domain's token store (train and valid splits)."),
@@ -114,6 +128,7 @@ def finetune(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Fine-tune a checkpoint on a domain's data, keeping the weights with the best validation loss."""
+    check_run_output(out, resume, [checkpoint, data])
     base = load_checkpoint(checkpoint)
     refuse_projected(base.spec, checkpoint)
     store = TokenStore(data)
@@ -141,8 +156,10 @@ def fuse_command(
     adapters: Path = typer.Argument(..., help="An adapter folder from `pnlm finetune --lora-rank` (RUN/best)."),
     out: Path = typer.Option(..., "--out", help="The plain checkpoint to write."),
     base: Path | None = typer.Option(None, "--base", help="The base checkpoint, if it moved since training."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Merge LoRA adapters into their base: a plain checkpoint, W + (alpha/rank)·B·A in every adapted layer."""
+    check_output(out, CHECKPOINT, overwrite, [adapters, base])
     path = fuse_checkpoint(adapters, out, base)
     console.print(f"fused {adapters} into {path}")
 

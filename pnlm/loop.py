@@ -38,6 +38,8 @@ from pnlm.data.samplers import UniformSampler, ordered_groups
 from pnlm.distill import teacher_kl
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
+from pnlm.run_identity import check_same_run, run_identity
+from pnlm.run_lock import lock_run, unlock_run
 from pnlm.schedule import learning_rate
 from pnlm.spec import ModelSpec, OptimizerSpec
 from pnlm.tokenizer import Tokenizer
@@ -127,16 +129,28 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     config.validate()
     writer = writer or ModelWriter(spec, tokenizer, method)
     sampler = sampler or UniformSampler(store, config.batch_size, config.seed)
-    flops_per_token = train_flops_per_token(spec, store.context, writer.lora)
     run_dir = Path(run_dir)
     main = step_fn.is_main  # under data parallelism only one process writes
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    locked_here = main and lock_run(run_dir)  # one writer per run; the CLI may hold it already
+    try:
+        return _train(step_fn, spec, tokenizer, store, config, run_dir, resume, method, on_log, writer, sampler,
+                      teacher, main)
+    finally:
+        if locked_here:
+            unlock_run(run_dir)
+
+
+def _train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
+           run_dir: Path, resume: bool, method: str, on_log: Callable[[dict[str, Any]], None] | None, writer: Any,
+           sampler: Any, teacher: Any, main: bool) -> TrainResult:
+    flops_per_token = train_flops_per_token(spec, store.context, writer.lora)
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
     if main:
         sweep(run_dir)
+    identity = run_identity(spec, tokenizer, store, getattr(writer, "method", method), sampler)
     if resume and (run_dir / LATEST).exists():
+        check_same_run(run_dir / LATEST, identity)  # before any weight is loaded: another model fails here, named
         trainer = writer.restore(run_dir / LATEST, step_fn)
         if trainer.get("config") != _config_json(config):
             raise PnlmError(f"{run_dir / LATEST}: was trained with other settings; resume with the same ones")
@@ -154,7 +168,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         (run_dir / METRICS).unlink(missing_ok=True)
 
     def save(folder: str, with_state: bool) -> None:
-        trainer = {**state, "config": _config_json(config), "sampler": sampler.name}
+        trainer = {**state, "config": _config_json(config), "sampler": sampler.name, "started_with": identity}
         writer.save(run_dir / folder, step_fn, trainer, with_state, write=main)
 
     def costs() -> dict[str, float | None]:

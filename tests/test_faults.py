@@ -225,7 +225,8 @@ def test_prepare_survives_kill_9(workspace):
     out = workspace / "prepared"
     argv = [*PNLM, "data", "prepare", HAMLET, BIERCE, "--tokenizer", workspace / "tokenizer", "--context", 64,
             "--workers", 1, "--out", out]
-    target = Target("data prepare", argv, argv, [out], _reset(out), _store_whole_or_absent(out))
+    # Rerun with --overwrite: a kill after the rename leaves a whole store, which a plain rerun refuses to replace.
+    target = Target("data prepare", argv, [*argv, "--overwrite"], [out], _reset(out), _store_whole_or_absent(out))
     assert inject(target, KILLS, SEED).kills == KILLS
 
 
@@ -241,7 +242,7 @@ def test_cluster_survives_kill_9(workspace):
             ids = opened.cluster_ids(split)
             assert ids is None or len(ids) == opened.num_windows(split)
 
-    target = Target("data cluster", argv, argv, [clusters, store],
+    target = Target("data cluster", argv, [*argv, "--overwrite"], [clusters, store],
                     _reset(clusters, store, restore=(pristine, store)), after_kill)
     assert inject(target, KILLS, SEED + 1).kills == KILLS
 

@@ -1,0 +1,88 @@
+"""What a command's --out may replace: nothing pnlm did not write, and pnlm's own output of the same kind
+only when the user asks (--overwrite, or a run's own --resume). An output never lands on an input.
+
+Each kind is recognized by the file pnlm writes first-class into it (its format tag, or the files only a
+pnlm run has); a folder that is empty, or does not exist, is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from pnlm.errors import PnlmError
+from pnlm.json_object import read_json_object
+
+CHECKPOINT = "checkpoint"
+ADAPTER = "LoRA adapter"
+TOKEN_STORE = "token store"
+CLUSTERS = "clusters folder"
+TOKENIZER = "tokenizer"
+RUN = "training run"
+EXPERIMENT = "experiment"
+
+# (kind, file, its "format" tag, or None where the file's presence is the mark)
+_MARKS = (
+    (CHECKPOINT, "manifest.json", "pnlm-checkpoint"),
+    (ADAPTER, "manifest.json", "pnlm-adapter"),
+    (TOKEN_STORE, "meta.json", "pnlm-token-store"),
+    (CLUSTERS, "clusters.json", "pnlm-clusters"),
+    (TOKENIZER, "tokenizer_info.json", None),
+    (EXPERIMENT, "plan.json", None),
+)
+_RUN_ENTRIES = {"latest", "best", "metrics.jsonl", "mix.json", "teacher-cache"}
+
+
+def _format(path: Path) -> object:
+    try:
+        return read_json_object(path, 1 << 20, PnlmError).get("format")
+    except (PnlmError, OSError):
+        return None
+
+
+def output_kind(folder: str | Path) -> str | None:
+    """Which pnlm output the folder holds, or None when it is not one (or not a folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for kind, name, tag in _MARKS:
+        if (folder / name).is_file() and (tag is None or _format(folder / name) == tag):
+            return kind
+    names = {entry.name for entry in folder.iterdir() if not entry.name.startswith(".")}
+    if names & _RUN_ENTRIES and all(name in _RUN_ENTRIES or name.startswith("expert-") for name in names):
+        return RUN
+    return None
+
+
+def _is_empty(folder: Path) -> bool:
+    return not any(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse, with one line, an --out that would lose something: a folder that is (or holds, or lies
+    inside) an input of the command; a file; a folder with files pnlm did not write; another kind of pnlm
+    output; or this kind of output when replace (--overwrite, a run's --resume) was not asked for."""
+    out = Path(out)
+    for given in inputs:
+        if given is not None and Path(given).exists() and _overlaps(out, Path(given)):
+            raise PnlmError(f"{out}: is also an input of this command ({given}); write the output elsewhere")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise PnlmError(f"{out}: is a file, not a folder; pnlm will not replace it: choose another --out")
+    if _is_empty(out):
+        return
+    found = output_kind(out)
+    if found is None:
+        raise PnlmError(f"{out}: holds files pnlm did not write, which it never deletes; choose another --out "
+                        f"(or empty that folder yourself)")
+    if found != kind:
+        raise PnlmError(f"{out}: holds a pnlm {found}, not a {kind}; choose another --out")
+    if not replace:
+        hint = "pass --resume to continue it" if kind == RUN else "pass --overwrite to replace it"
+        raise PnlmError(f"{out}: holds a pnlm {kind} already; {hint}, or choose another --out")

@@ -1,0 +1,70 @@
+"""--resume continues the run it names and no other: another token store, tokenizer, model or method is
+refused with one line naming what differs, before any weight is loaded."""
+
+import sys
+
+import pytest
+
+from conftest import SAMPLE_DATA
+from pnlm.cli.app import main
+
+SMALL = "[model]\npreset = 'tiny'\nd_model = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 1\nd_ff = 64\n"
+
+
+def pnlm(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """A run stopped at step 2 of 4, and the inputs to resume it with (right and wrong)."""
+    root = tmp_path_factory.mktemp("resume")
+    monkeypatch = pytest.MonkeyPatch()
+
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code == 0, args
+
+    hamlet, austen = SAMPLE_DATA[2], SAMPLE_DATA[0]
+    cli("data", "tokenizer", hamlet, "--vocab-size", 512, "--out", root / "tok")
+    cli("data", "tokenizer", austen, "--vocab-size", 512, "--out", root / "tok-other")
+    cli("data", "prepare", hamlet, "--tokenizer", root / "tok", "--context", 32, "--out", root / "store")
+    cli("data", "prepare", austen, "--tokenizer", root / "tok", "--context", 32, "--out", root / "store-other-data")
+    cli("data", "prepare", hamlet, "--tokenizer", root / "tok-other", "--context", 32, "--out", root / "store-other-tok")
+    (root / "small.toml").write_text(SMALL)
+    (root / "rope.toml").write_text(SMALL + "rope_theta = 500000.0\n")
+    (root / "wide.toml").write_text(SMALL.replace("d_ff = 64", "d_ff = 96"))
+    cli("pretrain", "--model", root / "small.toml", "--data", root / "store", "--steps", 2, "--batch-size", 2,
+        "--checkpoint-every", 1, "--out", root / "run")
+    monkeypatch.undo()
+    return root
+
+
+def resume_args(root, model="small.toml", store="store", method="slm", steps=4):
+    return ["pretrain", "--method", method, "--model", root / model, "--data", root / store, "--steps", steps,
+            "--batch-size", 2, "--checkpoint-every", 1, "--out", root / "run", "--resume"]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"store": "store-other-data"}, "was started with another token store (its data)"),
+    ({"store": "store-other-tok"}, "was started with another tokenizer"),
+    ({"model": "rope.toml"}, "was started with model rope_theta = 10000.0, now 500000.0"),
+    ({"model": "wide.toml"}, "was started with model d_ff = 64, now 96"),
+    ({"method": "llm"}, "was started with another method ('slm', now 'llm')"),
+])
+def test_resume_refuses_a_run_it_did_not_start(started, change, fragment, capsys, monkeypatch):
+    status, err = pnlm(capsys, monkeypatch, *resume_args(started, **change))
+    assert status == 2, err
+    assert f"{started / 'run' / 'latest'}: {fragment}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_resume_continues_its_own_run(started, capsys, monkeypatch):
+    status, err = pnlm(capsys, monkeypatch, *resume_args(started), "--json")
+    assert status == 0, err
