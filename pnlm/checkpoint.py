@@ -184,8 +184,11 @@ def read_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
     if not (path / OPTIMIZER_FILE).is_file() or not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{path}: holds no optimizer and trainer state; it cannot be resumed")
     trainer = read_json(path / TRAINER_FILE)
+    step = trainer.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path / TRAINER_FILE}: step must be a whole number >= 0, not {step!r}"[:400])
     optimizer = load_safetensors(path / OPTIMIZER_FILE)
-    optimizer["step"] = np.array(int(trainer["step"]), dtype=np.int64)
+    optimizer["step"] = np.array(step, dtype=np.int64)
     return optimizer, trainer
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pnlm.atomic import atomic_file
+from pnlm.json_object import read_json_object
 from pnlm.checkpoint import load_checkpoint
 from pnlm.cluster.histogram import histogram_report
 from pnlm.data.store import TokenStore
@@ -46,10 +47,10 @@ def write_mix_file(run: Path, k: int, clusters: dict[str, Any], spec: ModelSpec)
 def read_mix_file(run: Path) -> dict[str, Any]:
     path = run / MIX_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise PnlmError(f"{path}: not a readable mixture description ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != "pnlm-mix" or not isinstance(data.get("k"), int):
+        data = read_json_object(path, 1 << 20, PnlmError)  # bounded: a mixture's description is small
+    except OSError as exc:
+        raise PnlmError(f"{path}: not a readable mixture description ({exc.strerror or exc})") from None
+    if data.get("format") != "pnlm-mix" or isinstance(data.get("k"), bool) or not isinstance(data.get("k"), int):
         raise PnlmError(f"{path}: not a pnlm mixture description")
     return data
 

@@ -10,6 +10,7 @@ BOS token first, as pnlm encodes) makes `AutoTokenizer` give pnlm's ids.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -101,26 +102,49 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+_MISSING = object()
+
+
+def _field(config: dict[str, Any], key: str, source: str, kind: str, default: Any = _MISSING) -> Any:
+    """config[key] checked to be of its kind: "count" (an integer >= 1), "number" (finite, > 0), "flag" (true or
+    false, not a string), "object" (a JSON object or absent). A missing key takes the default, or is an error."""
+    value = config.get(key, default)
+    if value is _MISSING:
+        raise CheckpointError(f"{source}: missing {key!r}")
+    if value is None and kind == "object":
+        return {}
+    ok = {"count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+          "flag": lambda v: isinstance(v, bool),
+          "object": lambda v: isinstance(v, dict)}[kind](value)
+    if not ok:
+        expected = {"count": "a whole number >= 1", "number": "a finite number > 0", "flag": "true or false",
+                    "object": "a JSON object"}[kind]
+        raise CheckpointError(f"{source}: {key} must be {expected}, not {value!r}"[:400])
+    return value
+
+
 def spec_from_hf(config: dict[str, Any], source: str) -> ModelSpec:
-    try:
-        rope = config.get("rope_parameters") or {}
-        scaling = config.get("rope_scaling")
-        if scaling or rope.get("rope_type", "default") != "default":
-            raise CheckpointError(f"{source}: RoPE scaling {scaling or rope} is not supported (plain RoPE only)")
-        if config.get("attention_bias") or config.get("mlp_bias"):
-            raise CheckpointError(f"{source}: attention or MLP biases are not supported")
-        heads = config["num_attention_heads"]
-        if config.get("head_dim") not in (None, config["hidden_size"] // heads):
-            raise CheckpointError(f"{source}: head_dim {config['head_dim']} differs from hidden_size / heads")
-        data = {"vocab_size": config["vocab_size"], "d_model": config["hidden_size"],
-                "n_layers": config["num_hidden_layers"], "n_heads": heads,
-                "n_kv_heads": config.get("num_key_value_heads") or heads, "d_ff": config["intermediate_size"],
-                "context": config.get("max_position_embeddings", 2048),
-                "rope_theta": float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-                "norm_eps": float(config.get("rms_norm_eps", 1e-6)),
-                "tied_embeddings": bool(config.get("tie_word_embeddings", False))}
-    except KeyError as exc:
-        raise CheckpointError(f"{source}: missing {exc}") from None
+    rope = _field(config, "rope_parameters", source, "object", None)
+    scaling = _field(config, "rope_scaling", source, "object", None)
+    if scaling or rope.get("rope_type", "default") != "default":
+        raise CheckpointError(f"{source}: RoPE scaling {scaling or rope} is not supported (plain RoPE only)"[:400])
+    if _field(config, "attention_bias", source, "flag", False) or _field(config, "mlp_bias", source, "flag", False):
+        raise CheckpointError(f"{source}: attention or MLP biases are not supported")
+    heads, width = _field(config, "num_attention_heads", source, "count"), _field(config, "hidden_size", source, "count")
+    head_dim = config.get("head_dim")
+    if head_dim is not None and head_dim != width // heads:
+        raise CheckpointError(f"{source}: head_dim {head_dim!r} differs from hidden_size / heads ({width // heads})")
+    kv_heads = config.get("num_key_value_heads")
+    data = {"vocab_size": _field(config, "vocab_size", source, "count"), "d_model": width,
+            "n_layers": _field(config, "num_hidden_layers", source, "count"), "n_heads": heads,
+            "n_kv_heads": heads if kv_heads is None else _field(config, "num_key_value_heads", source, "count"),
+            "d_ff": _field(config, "intermediate_size", source, "count"),
+            "context": _field(config, "max_position_embeddings", source, "count", 2048),
+            "rope_theta": float(_field(config, "rope_theta", source, "number",
+                                       _field(rope, "rope_theta", source, "number", 10000.0))),
+            "norm_eps": float(_field(config, "rms_norm_eps", source, "number", 1e-6)),
+            "tied_embeddings": _field(config, "tie_word_embeddings", source, "flag", False)}
     return ModelSpec.from_dict(data, source=source)
 
 
@@ -135,7 +159,12 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"{folder}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")  # bounded in size, a JSON object, or a clear error
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(name, str) and isinstance(shard, str) and Path(shard).name == shard
+                for name, shard in weight_map.items()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to file names in the folder")
+        shards = sorted(set(weight_map.values()))
     else:
         shards = ["model.safetensors"]
     weights: dict[str, np.ndarray] = {}

@@ -159,6 +159,9 @@ def _train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStor
         if began_with != sampler.name:
             raise PnlmError(f"{run_dir / LATEST}: was trained on {began_with} batches, not {sampler.name} "
                             f"ones; resume with the same batches")
+        missing = [k for k in state if k not in trainer]
+        if missing:
+            raise PnlmError(f"{run_dir / LATEST / 'trainer.json'}: has no {', '.join(missing)}; not a pnlm run's state")
         state.update({k: trainer[k] for k in state})
         if main:
             _truncate_metrics(run_dir / METRICS, state["step"])

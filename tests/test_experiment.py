@@ -103,6 +103,7 @@ def test_a_rerun_with_another_plan_is_refused(smoke_run, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace('name = "smoke"', 'name = "a b"'), "name"),
+    (lambda t: t.replace('name = "smoke"', 'name = "smoke\\n"'), "name"),  # `$` would match before the newline
     (lambda t: t.replace('"is"]', '"isx"]'), "methods"),
     (lambda t: t.replace("budgets = [40, 120]", "budgets = []"), "budgets"),
     (lambda t: t.replace("domain_tokens = [3000, 12000]", 'domain_tokens = ["many"]'), "domain_tokens"),

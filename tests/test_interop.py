@@ -99,3 +99,36 @@ def test_export_refuses_what_is_not_a_plain_model(tmp_path, tokenizer, tiny_spec
     (tmp_path / "notllama" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     refused = pnlm_cli("import", tmp_path / "notllama", "--out", tmp_path / "y")
     assert refused.returncode == 2 and "Llama" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"num_attention_heads": 0}, "num_attention_heads must be a whole number >= 1, not 0"),
+    ({"rope_theta": "10000"}, "rope_theta must be a finite number > 0, not '10000'"),
+    ({"rope_scaling": [1, 2]}, "rope_scaling must be a JSON object, not [1, 2]"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, not 'false'"),
+    ({"hidden_size": True}, "hidden_size must be a whole number >= 1, not True"),
+    ({"intermediate_size": None}, "intermediate_size must be a whole number >= 1, not None"),
+])
+def test_import_refuses_a_hostile_config_in_one_line(exported, tmp_path, change, fragment):
+    import shutil
+
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    refused = pnlm_cli("import", folder, "--out", tmp_path / "out")
+    assert refused.returncode == 2 and f"{folder / 'config.json'}: {fragment}" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_import_refuses_a_broken_shard_index_in_one_line(exported, tmp_path):
+    import shutil
+
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    for text in ('{"weight_map": {"model.norm.weight": "mod', '{"weight_map": ["model.safetensors"]}',
+                 '{"weight_map": {"model.norm.weight": "../../etc/passwd"}}'):
+        (folder / "model.safetensors.index.json").write_text(text)
+        refused = pnlm_cli("import", folder, "--out", tmp_path / "out")
+        assert refused.returncode == 2 and "model.safetensors.index.json: " in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1

@@ -57,7 +57,7 @@ except ModuleNotFoundError:  # Python 3.10
 METHODS = ("slm", "llm", "nopt", "distill", "mix", "pn", "is")
 BACKENDS = ("torch", "cuda", "mlx")
 MAX_PLAN_BYTES = 1 << 20
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch
 
 
 class PlanError(PnlmError):
@@ -214,7 +214,7 @@ class _Reader:
 
     def plan(self) -> Plan:
         name = self.get(self.data, "name", str)
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise self.fail("name", "letters, digits, '.', '_' or '-' (at most 64)", name)
         methods = self.data.get("methods", list(METHODS))
         if not isinstance(methods, list) or not methods or not all(m in METHODS for m in methods):
@@ -225,7 +225,7 @@ class _Reader:
         if not isinstance(domains_table, dict) or not domains_table:
             raise self.fail("[data.domains]", "a table of domain name = file(s)")
         for domain in domains_table:
-            if not NAME.match(domain):
+            if not NAME.fullmatch(domain):
                 raise self.fail(f"data.domains.{domain}", "a name of letters, digits, '.', '_' or '-'")
         vocab_size = self.get(data, "vocab_size", int, low=64, high=1 << 20)
         context = self.get(data, "context", int, low=8, high=1 << 16)

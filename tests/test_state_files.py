@@ -1,0 +1,60 @@
+"""State files a user can hand back to pnlm (a run's trainer.json, a mixture's mix.json): bounded and checked,
+each refusal one line naming the file."""
+
+import hashlib
+import json
+import sys
+
+import pytest
+
+from conftest import SAMPLE_DATA
+from pnlm.cli.app import main
+
+SMALL = "[model]\npreset = 'tiny'\nd_model = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 1\nd_ff = 64\n"
+
+
+def pnlm(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def rewrite(folder, name, text):
+    """Change a checkpoint's file and vouch for it in its manifest, as a careful forger would."""
+    (folder / name).write_text(text)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"][name] = hashlib.sha256(text.encode()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda t: {k: v for k, v in t.items() if k != "step"}, "trainer.json: step must be a whole number >= 0, not None"),
+    (lambda t: {**t, "step": "2"}, "trainer.json: step must be a whole number >= 0, not '2'"),
+    (lambda t: {k: v for k, v in t.items() if k != "tokens"}, "trainer.json: has no tokens; not a pnlm run's state"),
+])
+def test_a_trainer_state_without_its_fields_is_one_line(tmp_path, capsys, monkeypatch, edit, fragment):
+    tok, store, run = tmp_path / "tok", tmp_path / "store", tmp_path / "run"
+    assert pnlm(capsys, monkeypatch, "data", "tokenizer", SAMPLE_DATA[2], "--vocab-size", 512, "--out", tok)[0] == 0
+    assert pnlm(capsys, monkeypatch, "data", "prepare", SAMPLE_DATA[2], "--tokenizer", tok, "--context", 32,
+                "--out", store)[0] == 0
+    (tmp_path / "m.toml").write_text(SMALL)
+    def args(steps):
+        return ["pretrain", "--model", tmp_path / "m.toml", "--data", store, "--steps", steps, "--batch-size", 2,
+                "--checkpoint-every", 1, "--out", run, "--resume"]
+
+    assert pnlm(capsys, monkeypatch, *args(2))[0] == 0
+    trainer = json.loads((run / "latest" / "trainer.json").read_text())
+    rewrite(run / "latest", "trainer.json", json.dumps(edit(trainer)))
+    status, err = pnlm(capsys, monkeypatch, *args(4))
+    assert status == 2 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_oversized_mixture_description_is_refused_unread(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "mix"
+    run.mkdir()
+    (run / "mix.json").write_text('{"format": "pnlm-mix", "k": 2, "pad": "' + "x" * (2 << 20) + '"}')
+    status, err = pnlm(capsys, monkeypatch, "instantiate", run, "--expert", "0", "--out", tmp_path / "out")
+    assert status == 2 and f"{run / 'mix.json'}: larger than" in err, err
+    assert len(err.strip().splitlines()) == 1
