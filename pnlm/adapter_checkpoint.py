@@ -22,8 +22,8 @@ import numpy as np
 
 from pnlm.atomic import atomic_dir
 from pnlm.checkpoint import (ADAPTER_FILE, ADAPTER_FORMAT, CONFIG_FILE, VERSION, WEIGHTS_FILE, Checkpoint,
-                             load_checkpoint, read_spec, read_training_state, save_checkpoint, verify_checkpoint,
-                             write_json, write_manifest, write_training_state)
+                             check_optimizer_state, load_checkpoint, read_spec, read_training_state, save_checkpoint,
+                             verify_checkpoint, write_json, write_manifest, write_training_state)
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.lora import LoraSpec, check_adapters, fuse
 from pnlm.tokenizer import TOKENIZER_FILE, file_sha256, load_tokenizer
@@ -129,6 +129,7 @@ class AdapterWriter:
         checkpoint, optimizer_state, trainer = load_adapter_resumable(path)
         if checkpoint.lora != self.lora:
             raise CheckpointError(f"{path}: holds adapters of other settings ({checkpoint.lora})")
+        check_optimizer_state(optimizer_state, checkpoint.adapters, path)
         step_fn.model.load_adapters(checkpoint.adapters)
         step_fn.load_optimizer_state(optimizer_state)
         return trainer

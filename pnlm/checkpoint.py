@@ -192,6 +192,20 @@ def read_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
     return optimizer, trainer
 
 
+def check_optimizer_state(state: dict[str, np.ndarray], weights: dict[str, np.ndarray], path: Path) -> None:
+    """Every moment in the optimizer state belongs to a weight the model trains and has its shape: checked
+    before a backend is handed the state (a wrong one used to fail inside AdamW)."""
+    for key, value in state.items():
+        if key == "step":
+            continue
+        name, _, moment = key.rpartition(".")
+        if moment not in ("exp_avg", "exp_avg_sq") or name not in weights:
+            raise CheckpointError(f"{path / OPTIMIZER_FILE}: {key} is not a moment of a weight of this model")
+        if tuple(value.shape) != tuple(weights[name].shape):
+            raise CheckpointError(f"{path / OPTIMIZER_FILE}: {key} has shape {tuple(value.shape)}, its weight "
+                                  f"{tuple(weights[name].shape)}")
+
+
 class ModelWriter:
     """How a training run saves and restores a whole model (pnlm/loop.py): checkpoint folders.
 
@@ -213,6 +227,7 @@ class ModelWriter:
     def restore(self, path: Path, step_fn: Any) -> dict[str, Any]:
         """Load weights and optimizer state into step_fn; return the trainer state."""
         checkpoint, optimizer_state, trainer = load_resumable(path)
+        check_optimizer_state(optimizer_state, checkpoint.weights, path)
         step_fn.load_canonical(checkpoint.weights)
         step_fn.load_optimizer_state(optimizer_state)
         return trainer

@@ -58,3 +58,30 @@ def test_an_oversized_mixture_description_is_refused_unread(tmp_path, capsys, mo
     status, err = pnlm(capsys, monkeypatch, "instantiate", run, "--expert", "0", "--out", tmp_path / "out")
     assert status == 2 and f"{run / 'mix.json'}: larger than" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_optimizer_state_of_another_shape_is_one_line(tmp_path, capsys, monkeypatch):
+    from pnlm.weights import load_safetensors, save_safetensors
+
+    tok, store, run = tmp_path / "tok", tmp_path / "store", tmp_path / "run"
+    assert pnlm(capsys, monkeypatch, "data", "tokenizer", SAMPLE_DATA[2], "--vocab-size", 512, "--out", tok)[0] == 0
+    assert pnlm(capsys, monkeypatch, "data", "prepare", SAMPLE_DATA[2], "--tokenizer", tok, "--context", 32,
+                "--out", store)[0] == 0
+    (tmp_path / "m.toml").write_text(SMALL)
+
+    def args(steps):
+        return ["pretrain", "--model", tmp_path / "m.toml", "--data", store, "--steps", steps, "--batch-size", 2,
+                "--checkpoint-every", 1, "--out", run, "--resume"]
+
+    assert pnlm(capsys, monkeypatch, *args(2))[0] == 0
+    latest = run / "latest"
+    state = load_safetensors(latest / "optimizer.safetensors")
+    key = "model.norm.weight.exp_avg"
+    state[key] = state[key][:-1]
+    save_safetensors(state, latest / "optimizer.safetensors")
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest["sha256"]["optimizer.safetensors"] = hashlib.sha256((latest / "optimizer.safetensors").read_bytes()).hexdigest()
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    status, err = pnlm(capsys, monkeypatch, *args(4))
+    assert status == 2 and f"optimizer.safetensors: {key} has shape (31,), its weight (32,)" in err, err
+    assert len(err.strip().splitlines()) == 1
