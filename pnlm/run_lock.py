@@ -8,8 +8,10 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 
+from pnlm.atomic import process_alive
 from pnlm.errors import PnlmError
 
 LOCK_FILE = ".pnlm.lock"
@@ -25,17 +27,37 @@ def lock_run(folder: str | Path) -> bool:
     if key in _held:
         return False
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if not _take(fd):
         holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        raise PnlmError(f"{folder}: another pnlm process is writing this run ({holder}); wait for it to "
-                        f"finish, or write elsewhere") from None
+        # A holder killed a moment ago may still be exiting: its lock goes with its last open file.
+        if not (_gone(holder) and _take(fd, wait_s=2.0)):
+            os.close(fd)
+            raise PnlmError(f"{folder}: another pnlm process is writing this run ({holder}); wait for it to "
+                            f"finish, or write elsewhere")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _held[key] = fd
     return True
+
+
+def _take(fd: int, wait_s: float = 0.0) -> bool:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def _gone(holder: str) -> bool:
+    """Whether the lock file names a process of this host that no longer runs."""
+    parts = holder.split()
+    if len(parts) != 4 or parts[0] != "pid" or not parts[1].isdigit() or parts[3] != socket.gethostname():
+        return False
+    return not process_alive(int(parts[1]))
 
 
 def unlock_run(folder: str | Path) -> None:

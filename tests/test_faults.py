@@ -249,7 +249,7 @@ def test_cluster_survives_kill_9(workspace):
 
 def _training_target(name: str, argv: list, run: Path) -> Target:
     return Target(name, argv, [*argv, "--resume"], [run], _reset(run), _run_folders_verify(run),
-                  ignore=("trainer.json", "manifest.json", "metrics.jsonl"), compare_losses=True)
+                  ignore=("trainer.json", "manifest.json", "metrics.jsonl", ".pnlm.lock"), compare_losses=True)
 
 
 def test_pretrain_survives_kill_9(workspace):

@@ -208,7 +208,7 @@ def test_a_projected_network_is_refused_where_a_plain_model_is_needed(tmp_path, 
     spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=3, m=2)).validate()
     save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")
     for command in (["generate", tmp_path / "pn", "--prompt", "a", "--backend", "torch"],
-                    ["finetune", tmp_path / "pn", "--data", tmp_path, "--out", tmp_path / "ft"]):
+                    ["finetune", tmp_path / "pn", "--data", tmp_path / "store", "--out", tmp_path / "ft"]):
         result = subprocess.run([sys.executable, "-m", "pnlm.cli", *map(str, command)], capture_output=True, text=True)
         assert result.returncode == 2 and "pnlm instantiate" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

@@ -8,6 +8,7 @@ one process's on the same global batch.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import numpy as np
@@ -25,7 +26,15 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Left to the interpreter's teardown, the group's threads can abort a rank on exit
+        # ("terminate called without an active exception"): close it first.
+        atexit.register(_close_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:
