@@ -27,6 +27,7 @@ import typer
 from pnlm import __version__
 from pnlm.atomic import atomic_file
 from pnlm.outputs import EXPERIMENT, check_output
+from pnlm.run_lock import lock_run
 from pnlm.cli.console import console, print_json
 from pnlm.cluster.histogram import histogram_report
 from pnlm.cost import train_flops_per_token
@@ -358,6 +359,7 @@ def run(
 ) -> None:
     """Run every cell of a plan (finished cells are skipped on a rerun), then write the report."""
     check_output(out, EXPERIMENT, True, [plan])
+    lock_run(out)  # one runner per experiment folder: a second would replace the first's stores under it
     loaded = load_plan(plan)
     previous = out / "plan.json"
     if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(loaded.to_json())):

@@ -131,12 +131,13 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
     sampler = sampler or UniformSampler(store, config.batch_size, config.seed)
     run_dir = Path(run_dir)
     main = step_fn.is_main  # under data parallelism only one process writes
-    locked_here = main and lock_run(run_dir)  # one writer per run; the CLI may hold it already
+    if main:
+        lock_run(run_dir)  # one writer per run (the CLI takes it earlier, to refuse before building a model)
     try:
         return _train(step_fn, spec, tokenizer, store, config, run_dir, resume, method, on_log, writer, sampler,
                       teacher, main)
     finally:
-        if locked_here:
+        if main:
             unlock_run(run_dir)
 
 

@@ -7,6 +7,7 @@ pnlm run has); a folder that is empty, or does not exist, is free.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +32,8 @@ _MARKS = (
     (EXPERIMENT, "plan.json", None),
 )
 _RUN_ENTRIES = {"latest", "best", "metrics.jsonl", "mix.json", "teacher-cache"}
+# Hidden names pnlm itself leaves: a run's lock, a killed writer's temporaries (pnlm.atomic), Finder's litter.
+_OWN_HIDDEN = re.compile(r"^(\.pnlm\.lock|\.DS_Store|\..+\.(tmp|old)-\d+-[0-9a-f]{8}(-.*)?)$")
 
 
 def _format(path: Path) -> object:
@@ -48,14 +51,26 @@ def output_kind(folder: str | Path) -> str | None:
     for kind, name, tag in _MARKS:
         if (folder / name).is_file() and (tag is None or _format(folder / name) == tag):
             return kind
-    names = {entry.name for entry in folder.iterdir() if not entry.name.startswith(".")}
-    if names & _RUN_ENTRIES and all(name in _RUN_ENTRIES or name.startswith("expert-") for name in names):
+    if any(entry.name in _RUN_ENTRIES or entry.name.startswith("expert-") for entry in folder.iterdir()):
         return RUN
     return None
 
 
-def _is_empty(folder: Path) -> bool:
-    return not any(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+def _entries(folder: Path) -> set[str]:
+    """What is in a folder, but for what pnlm leaves there itself; a user's hidden files (.git) count."""
+    return {entry.name for entry in folder.iterdir() if not _OWN_HIDDEN.match(entry.name)}
+
+
+def _written_by_pnlm(folder: Path, kind: str) -> set[str]:
+    """The names pnlm writes into a folder of this kind (replacing it replaces exactly these)."""
+    if kind in (CHECKPOINT, ADAPTER):
+        hashes = read_json_object(folder / "manifest.json", 1 << 20, PnlmError).get("sha256")
+        return {"manifest.json", *(hashes if isinstance(hashes, dict) else {})}
+    if kind == TOKEN_STORE:
+        hashes = read_json_object(folder / "meta.json", 1 << 20, PnlmError).get("sha256")
+        labels = {entry.name for entry in folder.iterdir() if entry.name.endswith(".clusters.npy")}
+        return {"meta.json", "clusters.json", "embeddings", *labels, *(hashes if isinstance(hashes, dict) else {})}
+    return {CLUSTERS: {"clusters.json", "centroids.npy"}, TOKENIZER: {"tokenizer.model", "tokenizer_info.json"}}[kind]
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -74,10 +89,14 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():
-        raise PnlmError(f"{out}: is a file, not a folder; pnlm will not replace it: choose another --out")
-    if _is_empty(out):
+        what = "a link to nothing" if out.is_symlink() and not out.exists() else "a file, not a folder"
+        raise PnlmError(f"{out}: is {what}; pnlm will not replace it: choose another --out")
+    entries = _entries(out)
+    if not entries:
         return
     found = output_kind(out)
+    if found is None and kind in (RUN, EXPERIMENT):
+        return  # written into, never replaced: a job's log file beside the run is safe
     if found is None:
         raise PnlmError(f"{out}: holds files pnlm did not write, which it never deletes; choose another --out "
                         f"(or empty that folder yourself)")
@@ -86,3 +105,8 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
     if not replace:
         hint = "pass --resume to continue it" if kind == RUN else "pass --overwrite to replace it"
         raise PnlmError(f"{out}: holds a pnlm {kind} already; {hint}, or choose another --out")
+    if kind not in (RUN, EXPERIMENT):
+        foreign = sorted(entries - _written_by_pnlm(out, kind))
+        if foreign:
+            raise PnlmError(f"{out}: holds files pnlm did not write ({', '.join(foreign[:3])}), which --overwrite "
+                            f"would delete with the {kind}; move them, or choose another --out")

@@ -5,6 +5,7 @@ kill -9, leaves nothing to clean up: the next writer simply takes it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -28,7 +29,7 @@ def lock_run(folder: str | Path) -> bool:
         return False
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     if not _take(fd):
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        holder = " ".join(os.pread(fd, 200, 0).decode("utf-8", "replace").split()) or "another process"
         # A holder killed a moment ago may still be exiting: its lock goes with its last open file.
         if not (_gone(holder) and _take(fd, wait_s=2.0)):
             os.close(fd)
@@ -41,12 +42,16 @@ def lock_run(folder: str | Path) -> bool:
 
 
 def _take(fd: int, wait_s: float = 0.0) -> bool:
+    """Whether the lock was taken; a file system without locks (some NFS, FUSE, Lustre mounts) counts as
+    taken: training there goes on unguarded rather than never."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
