@@ -85,3 +85,30 @@ def kill_after_first_checkpoint(command: list, run) -> int:
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     return json.loads(trainer.read_text())["step"]
+
+
+# A model small enough that a run of a few steps takes a moment (in-process CLI tests of run state).
+MICRO_MODEL = "[model]\npreset = 'tiny'\nd_model = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 1\nd_ff = 64\n"
+
+
+def cli_in_process(capsys, monkeypatch, *args) -> tuple[int, str]:
+    """Run the pnlm CLI in this process, as `main` does for a user: (exit status, stderr)."""
+    import sys
+
+    from pnlm.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def micro_run_inputs(root, capsys, monkeypatch, document=None) -> tuple:
+    """A 512-piece tokenizer, a store of context 32 and MICRO_MODEL's spec file under root: (tok, store, model)."""
+    document = document or SAMPLE_DATA[2]
+    tok, store, model = root / "tok", root / "store", root / "micro.toml"
+    assert cli_in_process(capsys, monkeypatch, "data", "tokenizer", document, "--vocab-size", 512, "--out", tok)[0] == 0
+    assert cli_in_process(capsys, monkeypatch, "data", "prepare", document, "--tokenizer", tok, "--context", 32,
+                          "--out", store)[0] == 0
+    model.write_text(MICRO_MODEL)
+    return tok, store, model

@@ -2,21 +2,11 @@
 anything else, refuses to land on its own inputs, and replaces its own kind of output only when asked."""
 
 import json
-import sys
 
 import pytest
 
-from conftest import SAMPLE_DATA
-from pnlm.cli.app import main
+from conftest import SAMPLE_DATA, cli_in_process as pnlm
 from pnlm.outputs import output_kind
-
-
-def pnlm(capsys, monkeypatch, *args):
-    """Run the CLI in this process: (exit status, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def commands(inputs, out):

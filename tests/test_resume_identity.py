@@ -5,17 +5,8 @@ import sys
 
 import pytest
 
-from conftest import SAMPLE_DATA
+from conftest import MICRO_MODEL as SMALL, SAMPLE_DATA, cli_in_process as pnlm
 from pnlm.cli.app import main
-
-SMALL = "[model]\npreset = 'tiny'\nd_model = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 1\nd_ff = 64\n"
-
-
-def pnlm(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,25 @@
-"""State files a user can hand back to pnlm (a run's trainer.json, a mixture's mix.json): bounded and checked,
-each refusal one line naming the file."""
+"""State files a user can hand back to pnlm (a run's trainer.json and optimizer state, a mixture's mix.json):
+bounded and checked, each refusal one line naming the file."""
 
 import hashlib
 import json
-import sys
 
 import pytest
 
-from conftest import SAMPLE_DATA
-from pnlm.cli.app import main
-
-SMALL = "[model]\npreset = 'tiny'\nd_model = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 1\nd_ff = 64\n"
+from conftest import cli_in_process as pnlm, micro_run_inputs
 
 
-def pnlm(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["pnlm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
+def started_run(tmp_path, capsys, monkeypatch):
+    """A micro run stopped at step 2, and the arguments that resume it to `steps`."""
+    _, store, model = micro_run_inputs(tmp_path, capsys, monkeypatch)
+    run = tmp_path / "run"
+
+    def args(steps):
+        return ["pretrain", "--model", model, "--data", store, "--steps", steps, "--batch-size", 2,
+                "--checkpoint-every", 1, "--out", run, "--resume"]
+
+    assert pnlm(capsys, monkeypatch, *args(2))[0] == 0
+    return run, args
 
 
 def rewrite(folder, name, text):
@@ -34,16 +36,7 @@ def rewrite(folder, name, text):
     (lambda t: {k: v for k, v in t.items() if k != "tokens"}, "trainer.json: has no tokens; not a pnlm run's state"),
 ])
 def test_a_trainer_state_without_its_fields_is_one_line(tmp_path, capsys, monkeypatch, edit, fragment):
-    tok, store, run = tmp_path / "tok", tmp_path / "store", tmp_path / "run"
-    assert pnlm(capsys, monkeypatch, "data", "tokenizer", SAMPLE_DATA[2], "--vocab-size", 512, "--out", tok)[0] == 0
-    assert pnlm(capsys, monkeypatch, "data", "prepare", SAMPLE_DATA[2], "--tokenizer", tok, "--context", 32,
-                "--out", store)[0] == 0
-    (tmp_path / "m.toml").write_text(SMALL)
-    def args(steps):
-        return ["pretrain", "--model", tmp_path / "m.toml", "--data", store, "--steps", steps, "--batch-size", 2,
-                "--checkpoint-every", 1, "--out", run, "--resume"]
-
-    assert pnlm(capsys, monkeypatch, *args(2))[0] == 0
+    run, args = started_run(tmp_path, capsys, monkeypatch)
     trainer = json.loads((run / "latest" / "trainer.json").read_text())
     rewrite(run / "latest", "trainer.json", json.dumps(edit(trainer)))
     status, err = pnlm(capsys, monkeypatch, *args(4))
@@ -63,17 +56,7 @@ def test_an_oversized_mixture_description_is_refused_unread(tmp_path, capsys, mo
 def test_an_optimizer_state_of_another_shape_is_one_line(tmp_path, capsys, monkeypatch):
     from pnlm.weights import load_safetensors, save_safetensors
 
-    tok, store, run = tmp_path / "tok", tmp_path / "store", tmp_path / "run"
-    assert pnlm(capsys, monkeypatch, "data", "tokenizer", SAMPLE_DATA[2], "--vocab-size", 512, "--out", tok)[0] == 0
-    assert pnlm(capsys, monkeypatch, "data", "prepare", SAMPLE_DATA[2], "--tokenizer", tok, "--context", 32,
-                "--out", store)[0] == 0
-    (tmp_path / "m.toml").write_text(SMALL)
-
-    def args(steps):
-        return ["pretrain", "--model", tmp_path / "m.toml", "--data", store, "--steps", steps, "--batch-size", 2,
-                "--checkpoint-every", 1, "--out", run, "--resume"]
-
-    assert pnlm(capsys, monkeypatch, *args(2))[0] == 0
+    run, args = started_run(tmp_path, capsys, monkeypatch)
     latest = run / "latest"
     state = load_safetensors(latest / "optimizer.safetensors")
     key = "model.norm.weight.exp_avg"
