@@ -359,11 +359,11 @@ def run(
 ) -> None:
     """Run every cell of a plan (finished cells are skipped on a rerun), then write the report."""
     check_output(out, EXPERIMENT, True, [plan])
-    lock_run(out)  # one runner per experiment folder: a second would replace the first's stores under it
     loaded = load_plan(plan)
     previous = out / "plan.json"
     if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(loaded.to_json())):
         raise PnlmError(f"{out}: holds the results of another plan (plan.json differs); use another --out")
+    lock_run(out)  # one runner per experiment folder: a second would replace the first's stores under it
     summary = Runner(loaded, out).run()
     if json_out:
         print_json(summary)
