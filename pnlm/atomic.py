@@ -32,6 +32,11 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})(-.*)?$")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of the hidden temporaries these writes leave (of any process or host)."""
+    return _TEMPORARY.match(name) is not None
+
+
 def temporary_prefix(target: Path, kind: str = "tmp") -> str:
     """`.NAME.tmp-PID-HOST-`: the start of a temporary's name for target, recognized by sweep."""
     return f".{target.name}.{kind}-{os.getpid()}-{_HOST}-"

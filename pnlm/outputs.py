@@ -7,12 +7,13 @@ pnlm run has); a folder that is empty, or does not exist, is free.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from pnlm.atomic import is_temporary
 from pnlm.errors import PnlmError
 from pnlm.json_object import read_json_object
+from pnlm.run_lock import LOCK_FILE
 
 CHECKPOINT = "checkpoint"
 ADAPTER = "LoRA adapter"
@@ -32,8 +33,8 @@ _MARKS = (
     (EXPERIMENT, "plan.json", None),
 )
 _RUN_ENTRIES = {"latest", "best", "metrics.jsonl", "mix.json", "teacher-cache"}
-# Hidden names pnlm itself leaves: a run's lock, a killed writer's temporaries (pnlm.atomic), Finder's litter.
-_OWN_HIDDEN = re.compile(r"^(\.pnlm\.lock|\.DS_Store|\..+\.(tmp|old)-\d+-[0-9a-f]{8}(-.*)?)$")
+# Hidden names pnlm itself leaves, beside a killed writer's temporaries (pnlm.atomic): a run's lock; Finder's litter.
+_OWN_HIDDEN = {LOCK_FILE, ".DS_Store"}
 
 
 def _format(path: Path) -> object:
@@ -58,7 +59,7 @@ def output_kind(folder: str | Path) -> str | None:
 
 def _entries(folder: Path) -> set[str]:
     """What is in a folder, but for what pnlm leaves there itself; a user's hidden files (.git) count."""
-    return {entry.name for entry in folder.iterdir() if not _OWN_HIDDEN.match(entry.name)}
+    return {entry.name for entry in folder.iterdir() if entry.name not in _OWN_HIDDEN and not is_temporary(entry.name)}
 
 
 def _written_by_pnlm(folder: Path, kind: str) -> set[str]:

@@ -41,13 +41,16 @@ def projected_weight(coefficient: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return np.tensordot(coefficient, basis.astype(np.float64), axes=1)
 
 
-def expert_indices(expert) -> np.ndarray:
-    """Expert indices as given to a train step (one, or one per row). An expert vector of floats (p @ E) is
-    a model of its own: instantiate it (pnlm.projection.instantiate) rather than route rows to it."""
+def expert_indices(expert, rows: int | None = None) -> np.ndarray:
+    """Expert indices as given to a train step: one, or one per row of a batch of `rows`. An expert vector of
+    floats (p @ E) is a model of its own: instantiate it (pnlm.projection.instantiate) rather than route rows
+    to it."""
     indices = np.asarray(expert)
     if indices.dtype.kind not in "iu":
         raise PnlmError(f"a train step takes expert indices (integers), not {indices.dtype} values; "
                         f"instantiate an expert vector (p @ E) as a plain model to evaluate it")
+    if rows is not None and indices.ndim and indices.shape != (rows,):
+        raise PnlmError(f"{indices.size} expert indices for a batch of {rows} rows; give one, or one per row")
     return indices
 
 
@@ -63,11 +66,9 @@ def rows_by_expert(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | N
     the order of the rows), so that each expert's rows are one contiguous block; else as it is."""
     if expert is None:
         return inputs, targets, mask, expert, teacher
-    indices = expert_indices(expert)
+    indices = expert_indices(expert, len(inputs))
     if indices.ndim == 0:
         return inputs, targets, mask, expert, teacher
-    if indices.shape != (len(inputs),):
-        raise PnlmError(f"{indices.size} expert indices for a batch of {len(inputs)} rows; give one, or one per row")
     order = np.argsort(indices, kind="stable")
     if teacher is not None:
         teacher = tuple(None if part is None else part[order] for part in teacher)

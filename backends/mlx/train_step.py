@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
 from pnlm.distill import DistillSpec
-from pnlm.errors import BackendError, PnlmError
+from pnlm.errors import BackendError
 from pnlm.loop import PRECISIONS, micro_batch_rows
 from pnlm.projection import expert_indices, group_rows
 from pnlm.spec import OptimizerSpec
@@ -211,11 +211,9 @@ def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[mx.array, mx.a
     """The experts present and each row's position among them (pnlm.projection.group_rows), as inputs of the
     compiled functions, so that other experts do not recompile (another number of them traces once more).
     A plain model ignores them."""
-    indices = None if expert is None else expert_indices(expert)
+    indices = None if expert is None else expert_indices(expert, rows)
     if indices is None or indices.ndim == 0:
         return mx.array([int(indices or 0)], dtype=mx.int32), mx.zeros((rows,), dtype=mx.uint32)
-    if indices.shape != (rows,):
-        raise PnlmError(f"{indices.size} expert indices for a batch of {rows} rows; give one, or one per row")
     present, row_slot = group_rows(indices)
     return mx.array(present.astype(np.int32)), mx.array(row_slot.astype(np.uint32))
 
