@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from pnlm.backends import make_train_step
-from pnlm.checkpoint import load_checkpoint
+from pnlm.checkpoint import load_checkpoint, weights_sha256
 from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, check_run_output
 from pnlm.data.store import TokenStore
 from pnlm.distill import CACHE_META, DistillSpec, LiveTeacher, TeacherCache, write_teacher_cache
@@ -72,4 +72,4 @@ def distill(
     summary = {"alpha": alpha, "temperature": temperature, "teacher": str(teacher),
                "teacher_source": f"cache top-{cache_top_k}" if cache_top_k else "live"}
     _run(step_fn, student_ckpt.spec, student_ckpt.tokenizer, store, config, out, resume, "slm-d", json_out,
-         summary=summary, teacher=source)
+         summary=summary, teacher=source, started_from={"teacher_sha256": weights_sha256(teacher)})

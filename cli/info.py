@@ -28,8 +28,7 @@ def info(
     result: dict = {}
     if checkpoint is not None and (checkpoint / MIX_FILE).is_file():
         description = read_mix_file(checkpoint)
-        spec = ModelSpec.from_dict(description.get("spec"), source=str(checkpoint / MIX_FILE))
-        experts = description["k"]
+        spec, experts = description.spec, description.k
         result.update(checkpoint=str(checkpoint), method="mix")
     elif checkpoint is not None:
         config = verify_checkpoint(checkpoint)

@@ -11,7 +11,7 @@ import typer
 
 from pnlm.backends import make_train_step
 from pnlm.adapter_checkpoint import AdapterWriter, fuse_checkpoint
-from pnlm.checkpoint import load_checkpoint
+from pnlm.checkpoint import load_checkpoint, weights_sha256
 from pnlm.inference import read_model, refuse_projected
 from pnlm.cli.console import StepProgress, console, print_json
 from pnlm.cli.options import OVERWRITE
@@ -49,12 +49,12 @@ def _finetune_lr(lr: float | None, lora_rank: int) -> float:
 
 
 def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out, writer=None, sampler=None,
-         summary: dict | None = None, teacher=None, report: bool = True) -> dict | None:
+         summary: dict | None = None, teacher=None, report: bool = True, started_from: dict | None = None) -> dict | None:
     """Train with a progress bar; print the summary (text, or one JSON object with json_out) unless
     report is False, and return it."""
     if not step_fn.is_main:  # another rank of a torchrun job: train, and let rank 0 report
         train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, writer=writer,
-              sampler=sampler, teacher=teacher)
+              sampler=sampler, teacher=teacher, started_from=started_from)
         return None
     with StepProgress("training", config.steps) as bar:
         def log(record: dict) -> None:
@@ -66,7 +66,7 @@ def _run(step_fn, spec, tokenizer, store, config, out, resume, method, json_out,
             bar.update(record["step"], status)
 
         result = train(step_fn, spec, tokenizer, store, config, out, resume=resume, method=method, on_log=log,
-                       writer=writer, sampler=sampler, teacher=teacher)
+                       writer=writer, sampler=sampler, teacher=teacher, started_from=started_from)
     summary = {"out": str(out), "steps": result.steps, "stopped_early": result.stopped_early,
                "final_loss": result.final_loss, "best_val_loss": result.best_val_loss, "tokens": result.tokens,
                "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9)),
@@ -149,7 +149,8 @@ def finetune(
         writer = AdapterWriter(checkpoint, base, lora, method)
     step_fn = make_train_step(backend, base.spec, weights, config.optimizer, precision=_precision(precision, backend),
                               lora=lora, adapters=adapters, compile=compile_model)
-    _run(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, json_out, writer)
+    _run(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, json_out, writer,
+         started_from={"base_sha256": weights_sha256(checkpoint)})
 
 
 def fuse_command(

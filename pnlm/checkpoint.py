@@ -10,7 +10,9 @@ spec before any tensor is read.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +143,23 @@ def verify_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
             raise CheckpointError(f"{file}: missing; the checkpoint is incomplete")
         if file_sha256(file) != expected:
             raise CheckpointError(f"{file}: sha256 does not match the manifest; the file is corrupted or was changed")
-    return read_json(path / CONFIG_FILE)
+    return check_config_fields(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 of the weights of a checkpoint load_checkpoint verified, as its manifest records it (the
+    weights are not read again)."""
+    return read_json(Path(path) / MANIFEST_FILE)["sha256"][WEIGHTS_FILE]
+
+
+def check_config_fields(config: dict, source: Path) -> dict:
+    """The fields of config.json besides the spec that callers read: a method name and a tokenizer record."""
+    method, tokenizer = config.get("method", "slm"), config.get("tokenizer", {})
+    if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", method):
+        raise CheckpointError(f"{source}: method must be a method's name, not {method!r}"[:400])
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("sha256", ""), str):
+        raise CheckpointError(f"{source}: tokenizer must be an object with a sha256 string, not {tokenizer!r}"[:400])
+    return config
 
 
 def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
@@ -183,13 +201,44 @@ def read_training_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
     path = Path(path)
     if not (path / OPTIMIZER_FILE).is_file() or not (path / TRAINER_FILE).is_file():
         raise CheckpointError(f"{path}: holds no optimizer and trainer state; it cannot be resumed")
-    trainer = read_json(path / TRAINER_FILE)
-    step = trainer.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{path / TRAINER_FILE}: step must be a whole number >= 0, not {step!r}"[:400])
+    trainer = read_trainer_state(path / TRAINER_FILE)
     optimizer = load_safetensors(path / OPTIMIZER_FILE)
-    optimizer["step"] = np.array(step, dtype=np.int64)
+    optimizer["step"] = np.array(trainer["step"], dtype=np.int64)
     return optimizer, trainer
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What a run's trainer.json holds (pnlm/loop.py writes it) and what each field must be before it is used.
+_TRAINER_FIELDS = {"tokens": ("a whole number >= 0", _is_count),
+                   "best_val_loss": ("a finite number or null", lambda v: v is None or _is_number(v)),
+                   "evals_since_best": ("a whole number >= 0", _is_count),
+                   "elapsed_s": ("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
+                   "config": ("an object", lambda v: isinstance(v, dict)),
+                   "sampler": ("a sampler's name", lambda v: isinstance(v, str)),
+                   "started_with": ("an object", lambda v: isinstance(v, dict))}
+_TRAINER_OPTIONAL = {"sampler", "started_with"}  # runs from before they were recorded lack them
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A run's trainer.json, every field typed, or one line naming the file and the field."""
+    trainer = read_json(path)
+    step = trainer.get("step")
+    if not _is_count(step):
+        raise CheckpointError(f"{path}: step must be a whole number >= 0, not {step!r}"[:400])
+    missing = [name for name in _TRAINER_FIELDS if name not in trainer and name not in _TRAINER_OPTIONAL]
+    if missing:
+        raise CheckpointError(f"{path}: has no {', '.join(missing)}; not a pnlm run's state")
+    for name, (expected, valid) in _TRAINER_FIELDS.items():
+        if name in trainer and not valid(trainer[name]):
+            raise CheckpointError(f"{path}: {name} must be {expected}, not {trainer[name]!r}"[:400])
+    return trainer
 
 
 def check_optimizer_state(state: dict[str, np.ndarray], weights: dict[str, np.ndarray], path: Path) -> None:
@@ -204,6 +253,9 @@ def check_optimizer_state(state: dict[str, np.ndarray], weights: dict[str, np.nd
         if tuple(value.shape) != tuple(weights[name].shape):
             raise CheckpointError(f"{path / OPTIMIZER_FILE}: {key} has shape {tuple(value.shape)}, its weight "
                                   f"{tuple(weights[name].shape)}")
+    for name in weights:
+        if (f"{name}.exp_avg" in state) != (f"{name}.exp_avg_sq" in state):
+            raise CheckpointError(f"{path / OPTIMIZER_FILE}: {name} has one of its two AdamW moments, not both")
 
 
 class ModelWriter:

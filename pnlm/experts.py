@@ -44,15 +44,40 @@ def write_mix_file(run: Path, k: int, clusters: dict[str, Any], spec: ModelSpec)
                             indent=2) + "\n").encode())
 
 
-def read_mix_file(run: Path) -> dict[str, Any]:
+MAX_EXPERTS = 1 << 16  # far above any mixture a machine trains; a bound so a forged k cannot size anything
+
+
+@dataclass
+class MixDescription:
+    k: int
+    clusters: dict[str, Any]
+    spec: ModelSpec
+
+
+def read_mix_file(run: Path) -> MixDescription:
+    """A mixture run's mix.json: read bounded, every field checked, or one line naming the file."""
     path = run / MIX_FILE
     try:
         data = read_json_object(path, 1 << 20, PnlmError)  # bounded: a mixture's description is small
     except OSError as exc:
         raise PnlmError(f"{path}: not a readable mixture description ({exc.strerror or exc})") from None
-    if data.get("format") != "pnlm-mix" or isinstance(data.get("k"), bool) or not isinstance(data.get("k"), int):
-        raise PnlmError(f"{path}: not a pnlm mixture description")
-    return data
+    k = data.get("k")
+    if data.get("format") != "pnlm-mix" or isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_EXPERTS:
+        raise PnlmError(f"{path}: not a pnlm mixture description (format \"pnlm-mix\", k from 1 to {MAX_EXPERTS})")
+    clusters = clusters_record(data.get("clusters"), str(path))
+    if clusters["k"] != k:
+        raise PnlmError(f"{path}: k is {k} but its clusters have {clusters['k']}")
+    return MixDescription(k, clusters, ModelSpec.from_dict(data.get("spec"), source=str(path)))
+
+
+def clusters_record(record: Any, source: str) -> dict[str, Any]:
+    """The clusters a run records (`Clusters.store_info()`), checked before anything is looked up in it."""
+    if (not isinstance(record, dict) or not isinstance(record.get("clusters"), str)
+            or not isinstance(record.get("centroids_sha256"), str) or isinstance(record.get("k"), bool)
+            or not isinstance(record.get("k"), int) or not 1 <= record["k"] <= MAX_EXPERTS):
+        raise PnlmError(f"{source}: its clusters record needs clusters (a path), k (1 to {MAX_EXPERTS}) and "
+                        f"centroids_sha256, not {record!r}"[:400])
+    return record
 
 
 def final_checkpoint(run: Path) -> Path:
@@ -96,12 +121,15 @@ def instantiate_expert(run: str | Path, domain: str | Path | None, expert: str) 
     is_mix = (run / MIX_FILE).is_file()
     if is_mix:
         description = read_mix_file(run)
-        clusters, k = description["clusters"], description["k"]
+        clusters, k = description.clusters, description.k
     else:
-        checkpoint = load_checkpoint(final_checkpoint(run))
+        final = final_checkpoint(run)
+        checkpoint = load_checkpoint(final)
         if checkpoint.spec.projection is None:
             raise PnlmError(f"{run}: neither a projected network nor a mixture run; it is already a plain model")
-        clusters, k = checkpoint.extra.get("clusters", {}), checkpoint.spec.projection.k
+        clusters, k = checkpoint.extra.get("clusters"), checkpoint.spec.projection.k
+        if expert in ("auto", "histogram"):
+            clusters = clusters_record(clusters, str(final / "config.json"))
     report: dict[str, Any] = {"run": str(run), "kind": "mix" if is_mix else "pn", "choice": expert}
     if expert in ("auto", "histogram"):
         if domain is None:

@@ -122,10 +122,12 @@ def evaluate(step_fn: Any, store: TokenStore, split: str, batch_size: int, max_b
 def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
           run_dir: str | Path, resume: bool = False, method: str = "slm",
           on_log: Callable[[dict[str, Any]], None] | None = None, writer: Any = None,
-          sampler: Any = None, teacher: Any = None) -> TrainResult:
+          sampler: Any = None, teacher: Any = None, started_from: dict[str, str] | None = None) -> TrainResult:
     """Train step_fn's model on the store's train split; write RUN/latest, RUN/best and RUN/metrics.jsonl.
     The sampler picks each step's windows (pnlm/data/samplers.py; uniform by default). With a teacher
-    (pnlm/distill.py) the student learns from its distributions too, and evaluations log val_kl."""
+    (pnlm/distill.py) the student learns from its distributions too, and evaluations log val_kl.
+    started_from: the sha256 of the checkpoints the run reads (pnlm/run_identity.py), which --resume
+    must find unchanged."""
     config.validate()
     writer = writer or ModelWriter(spec, tokenizer, method)
     sampler = sampler or UniformSampler(store, config.batch_size, config.seed)
@@ -135,7 +137,7 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
         lock_run(run_dir)  # one writer per run (the CLI takes it earlier, to refuse before building a model)
     try:
         return _train(step_fn, spec, tokenizer, store, config, run_dir, resume, method, on_log, writer, sampler,
-                      teacher, main)
+                      teacher, main, started_from)
     finally:
         if main:
             unlock_run(run_dir)
@@ -143,13 +145,13 @@ def train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore
 
 def _train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStore, config: TrainConfig,
            run_dir: Path, resume: bool, method: str, on_log: Callable[[dict[str, Any]], None] | None, writer: Any,
-           sampler: Any, teacher: Any, main: bool) -> TrainResult:
+           sampler: Any, teacher: Any, main: bool, started_from: dict[str, str] | None) -> TrainResult:
     flops_per_token = train_flops_per_token(spec, store.context, writer.lora)
     evaluating = config.eval_every > 0 and store.num_windows("valid") > 0
     state = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_since_best": 0, "elapsed_s": 0.0}
     if main:
         sweep(run_dir)
-    identity = run_identity(spec, tokenizer, store, getattr(writer, "method", method), sampler)
+    identity = run_identity(spec, tokenizer, store, getattr(writer, "method", method), sampler, started_from)
     if resume and (run_dir / LATEST).exists():
         check_same_run(run_dir / LATEST, identity)  # before any weight is loaded: another model fails here, named
         trainer = writer.restore(run_dir / LATEST, step_fn)
@@ -160,9 +162,6 @@ def _train(step_fn: Any, spec: ModelSpec, tokenizer: Tokenizer, store: TokenStor
         if began_with != sampler.name:
             raise PnlmError(f"{run_dir / LATEST}: was trained on {began_with} batches, not {sampler.name} "
                             f"ones; resume with the same batches")
-        missing = [k for k in state if k not in trainer]
-        if missing:
-            raise PnlmError(f"{run_dir / LATEST / 'trainer.json'}: has no {', '.join(missing)}; not a pnlm run's state")
         state.update({k: trainer[k] for k in state})
         if main:
             _truncate_metrics(run_dir / METRICS, state["step"])

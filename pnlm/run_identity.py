@@ -13,12 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pnlm.checkpoint import TRAINER_FILE, read_trainer_state
 from pnlm.errors import PnlmError
 from pnlm.json_object import read_json_object
 
 _MAX_JSON_BYTES = 1 << 20
 _LABELS = {"method": "method", "tokenizer_sha256": "tokenizer", "store_sha256": "token store (its data)",
-           "clusters": "clustering of the store"}
+           "clusters": "clustering of the store", "base_sha256": "base model (its weights)",
+           "teacher_sha256": "teacher (its weights)"}
 
 
 def store_sha256(store: Any) -> str:
@@ -35,14 +37,17 @@ def _comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def run_identity(spec: Any, tokenizer: Any, store: Any, method: str, sampler: Any) -> dict[str, Any]:
+def run_identity(spec: Any, tokenizer: Any, store: Any, method: str, sampler: Any,
+                 started_from: dict[str, str] | None = None) -> dict[str, Any]:
+    """started_from: the sha256 of the checkpoints a run keeps reading, by role: base_sha256 (what a
+    fine-tune or its adapters start from), teacher_sha256 (what a student is distilled from)."""
     clusters = None
     if getattr(sampler, "name", "uniform") != "uniform":
         info = store.clusters_info() or {}
         labels = info.get("labels_sha256") if isinstance(info.get("labels_sha256"), dict) else {}
         clusters = {"centroids_sha256": info.get("centroids_sha256"), "train_labels_sha256": labels.get("train")}
     return {"method": method, "spec": spec.to_dict(), "tokenizer_sha256": tokenizer.sha256,
-            "store_sha256": store_sha256(store), "clusters": clusters}
+            "store_sha256": store_sha256(store), "clusters": clusters, **(started_from or {})}
 
 
 def _recorded(latest: Path, trainer: dict[str, Any]) -> dict[str, Any]:
@@ -65,10 +70,10 @@ def _short(value: Any) -> str:
 def check_same_run(latest: str | Path, identity: dict[str, Any]) -> None:
     """Refuse, naming the first field that differs, to resume latest with anything it was not started with."""
     latest = Path(latest)
-    trainer = read_json_object(latest / "trainer.json", _MAX_JSON_BYTES, PnlmError)
+    trainer = read_trainer_state(latest / TRAINER_FILE)
     recorded = _recorded(latest, trainer)
-    for field in ("method", "tokenizer_sha256", "store_sha256", "clusters"):
-        if field in recorded and recorded[field] != identity[field]:
+    for field in _LABELS:
+        if field in recorded and recorded[field] != identity.get(field):
             raise PnlmError(f"{latest}: was started with another {_LABELS[field]} ({_short(recorded[field])}, now "
                             f"{_short(identity[field])}); resume it with the same one, or start a new run with "
                             f"another --out")

@@ -8,6 +8,7 @@ single tensor, so a file that lies about shapes or offsets is refused without al
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -145,7 +146,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
             raise CheckpointError(f"{path}: tensor {name}: malformed shape or data_offsets")
         begin, end = offsets
         itemsize = _DTYPES[entry["dtype"]][1]
-        if not 0 <= begin <= end <= data_size or end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize:
+        # math.prod on Python ints: an int64 product of [2**32, 2**32] wraps to 0, and 2**64 overflows numpy.
+        if not 0 <= begin <= end <= data_size or end - begin != math.prod(shape) * itemsize:
             raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets} do not fit shape {shape} "
                                   f"and the {data_size} bytes of data")
     return header, data_start

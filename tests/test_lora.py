@@ -81,8 +81,9 @@ def test_lora_finetune_lowers_validation_loss_and_fuses_exactly(tmp_path, tiny_c
     assert abs(evaluated - summary["best_val_loss"]) < 1e-5
 
 
-def test_lora_resume_continues_exactly(tmp_path, tiny_checkpoint, domain):
-    common = ["finetune", tiny_checkpoint, "--data", domain.path, "--backend", "torch", "--lora-rank", 4,
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_lora_resume_continues_exactly(tmp_path, tiny_checkpoint, domain, backend):
+    common = ["finetune", tiny_checkpoint, "--data", domain.path, "--backend", backend, "--lora-rank", 4,
               "--lr", 3e-3, "--no-early-stop", "--eval-every", 0, "--checkpoint-every", 4]
     assert pnlm_cli(*common, "--steps", 8, "--out", tmp_path / "straight").returncode == 0
     assert pnlm_cli(*common, "--steps", 4, "--out", tmp_path / "split").returncode == 0

@@ -59,3 +59,33 @@ def test_resume_refuses_a_run_it_did_not_start(started, change, fragment, capsys
 def test_resume_continues_its_own_run(started, capsys, monkeypatch):
     status, err = pnlm(capsys, monkeypatch, *resume_args(started), "--json")
     assert status == 0, err
+
+
+@pytest.mark.parametrize("command, role, label", [
+    (["finetune", "--lora-rank", 2], None, "base model (its weights)"),
+    (["finetune"], None, "base model (its weights)"),
+    (["distill", "--student", "base-a/latest"], "--teacher", "teacher (its weights)"),
+])
+def test_resume_refuses_another_base_or_teacher(started, tmp_path, command, role, label, capsys, monkeypatch):
+    """A fine-tune's base and a student's teacher are read at every step: another checkpoint of the same
+    shape (other weights) is another run."""
+    for name, seed in (("base-a", 0), ("base-b", 1)):
+        if not (started / name).exists():
+            assert pnlm(capsys, monkeypatch, "pretrain", "--model", started / "small.toml", "--data",
+                        started / "store", "--steps", 1, "--batch-size", 2, "--seed", seed,
+                        "--out", started / name)[0] == 0
+    command = [started / part if isinstance(part, str) and part.startswith("base-") else part for part in command]
+
+    def args(base, steps):
+        source = [role, base] if role else [base]
+        return [command[0], *source, *command[1:], "--data", started / "store", "--steps", steps, "--batch-size", 2,
+                "--eval-every", 0, "--no-early-stop", "--checkpoint-every", 1, "--out", tmp_path / "run",
+                "--resume"]
+
+    status, err = pnlm(capsys, monkeypatch, *args(started / "base-a" / "latest", 2))
+    assert status == 0, err
+    status, err = pnlm(capsys, monkeypatch, *args(started / "base-b" / "latest", 3))
+    assert status == 2 and f"{tmp_path / 'run' / 'latest'}: was started with another {label}" in err, err
+    assert len(err.strip().splitlines()) == 1
+    status, err = pnlm(capsys, monkeypatch, *args(started / "base-a" / "latest", 3))
+    assert status == 0, err

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
@@ -193,14 +193,16 @@ class TrainStep:
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what optimizer_state() returned, from either backend."""
-        flat = [("step", mx.array(int(state["step"]), dtype=mx.uint64))]
-        for name, value in state.items():
-            if name.endswith(".exp_avg"):
-                flat.append((f"{name[:-len('.exp_avg')]}.m", mx.array(value)))
-            elif name.endswith(".exp_avg_sq"):
-                flat.append((f"{name[:-len('.exp_avg_sq')]}.v", mx.array(value)))
+        def moments(name: str, parameter: mx.array) -> dict[str, mx.array]:
+            if f"{name}.exp_avg" not in state:  # never updated yet: what AdamW starts from
+                return {"m": mx.zeros_like(parameter), "v": mx.zeros_like(parameter)}
+            return {"m": mx.array(state[f"{name}.exp_avg"]), "v": mx.array(state[f"{name}.exp_avg_sq"])}
+
+        # Shaped like the trainable tree, frozen modules' empty entries included (LoRA): the update walks the
+        # gradients' tree and looks each of its keys up in this one.
+        restored = tree_map_with_path(moments, self.model.trainable_parameters())
+        restored["step"] = mx.array(int(state["step"]), dtype=mx.uint64)
         # In place: the compiled step captured this very dict.
-        restored = tree_unflatten(flat)
         restored["learning_rate"] = self.optimizer.state["learning_rate"]
         self.optimizer.state.clear()
         self.optimizer.state.update(restored)
