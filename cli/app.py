@@ -10,6 +10,7 @@ from rich.markup import escape
 from pnlm.cli import advise, cluster, data, distill, experiment, generate, info, init, instantiate, interop, pretrain, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
+from pnlm.run_lock import abandon_runs, release_outputs
 
 app = typer.Typer(name="pnlm", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Small specialized language models, planned early (arXiv 2402.01093).")
@@ -36,9 +37,13 @@ def main() -> None:
     try:
         app()
     except PnlmError as exc:
+        abandon_runs()
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as exc:  # the system refused a read or a write that no check of ours could foresee
+        abandon_runs()
         where = f"{exc.filename}: " if exc.filename else ""
         console.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    finally:
+        release_outputs()

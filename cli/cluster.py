@@ -19,6 +19,7 @@ from pnlm.cli.console import console, print_json, window_progress
 from pnlm.cli.options import OVERWRITE
 from pnlm.cluster import DEFAULT_BATCH_SIZE, assign_clusters, fit_clusters
 from pnlm.outputs import CLUSTERS, check_output
+from pnlm.run_lock import lock_output
 
 TABLE_ROWS = 32
 
@@ -88,6 +89,7 @@ def assign(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Label STORE's windows with their nearest cluster; report the split's histogram, top share and entropy."""
+    lock_output(store)  # it writes the labels into the store: one writer at a time
     with window_progress() as progress:
         report = assign_clusters(store, tokenizer, clusters, split=split, embedder=embedder, batch_size=batch_size,
                                  on_progress=progress, all_splits=all_splits)

@@ -14,6 +14,7 @@ from pnlm.distill import CACHE_META, DistillSpec, LiveTeacher, TeacherCache, wri
 from pnlm.errors import PnlmError
 from pnlm.inference import refuse_projected
 from pnlm.loop import TrainConfig
+from pnlm.memory import check_fits, training_estimate
 from pnlm.spec import OptimizerSpec
 
 
@@ -55,6 +56,9 @@ def distill(
                          eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
                          checkpoint_every=checkpoint_every, seed=seed).validate()
     precision = _precision(precision, backend)
+    check_fits(training_estimate(student_ckpt.spec, batch_size, store.context, loaded=True)
+               + training_estimate(teacher_ckpt.spec, batch_size, store.context, trainable=0, loaded=True),
+               f"distilling {teacher} into {student}", backend, "use a smaller --batch-size")
     teacher_step = make_train_step(backend, teacher_ckpt.spec, teacher_ckpt.weights, OptimizerSpec(), precision=precision)
     source = LiveTeacher(teacher_step)
     if cache_top_k:

@@ -11,7 +11,7 @@ from pnlm.checkpoint import read_spec, verify_checkpoint
 from pnlm.cli.console import console, print_json
 from pnlm.errors import PnlmError
 from pnlm.experts import MIX_FILE, read_mix_file
-from pnlm.spec import ModelSpec, load_spec
+from pnlm.spec import load_spec
 
 
 def info(

@@ -9,6 +9,7 @@ import typer
 from pnlm.checkpoint import save_checkpoint
 from pnlm.cli.console import console, print_json
 from pnlm.cli.options import OVERWRITE
+from pnlm.memory import check_fits, init_estimate
 from pnlm.outputs import CHECKPOINT, check_output
 from pnlm.spec import load_spec
 from pnlm.tokenizer import load_tokenizer
@@ -27,6 +28,7 @@ def init(
     check_output(out, CHECKPOINT, overwrite, [tokenizer])
     tok = load_tokenizer(tokenizer)
     spec = load_spec(model).with_vocab(tok.vocab_size)
+    check_fits(init_estimate(spec), f"--model {model}", advice="choose a smaller model")
     save_checkpoint(out, spec, init_weights(spec, seed), tok, extra={"seed": seed})
     result = {"out": str(out), "params_inference": spec.params_inference(), "vocab_size": spec.vocab_size}
     if json_out:

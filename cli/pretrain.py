@@ -23,8 +23,9 @@ from pnlm.cli.console import console, print_json
 from pnlm.data.samplers import ClusterSampler, ExpertSampler, ImportanceSampler, RoutedSampler
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.experts import check_labelled, domain_histogram, expert_dir, write_mix_file
+from pnlm.experts import MIX_FILE, check_labelled, domain_histogram, expert_dir, read_mix_file, write_mix_file
 from pnlm.loop import TrainConfig
+from pnlm.memory import check_fits, training_estimate
 from pnlm.spec import OptimizerSpec, Projection, load_spec
 from pnlm.weights import init_weights
 
@@ -113,7 +114,7 @@ def pretrain(
     if method in ("slm", "llm"):
         if spec.projection is not None:
             raise PnlmError(f"--model {model} is a projected network: pretrain it with --method pn --clusters C")
-        step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
+        step_fn = new_train_step(backend, spec, seed, config, store.context, options, fsdp)
         _run(step_fn, spec, store.tokenizer(), store, config, out, resume, method, json_out)
         return
     if clusters is None:
@@ -126,7 +127,7 @@ def pretrain(
         spec = spec.with_projection(_projection(projection, spec.projection, fitted.k))
         writer = ModelWriter(spec, store.tokenizer(), "pn", extra={"clusters": fitted.store_info(),
                                                                    "batches": pn_batches})
-        step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
+        step_fn = new_train_step(backend, spec, seed, config, store.context, options, fsdp)
         _run(step_fn, spec, store.tokenizer(), store, config, out, resume, "pn", json_out, writer,
              PN_BATCHES[pn_batches](store, batch_size, seed, fitted.k))
         return
@@ -135,6 +136,15 @@ def pretrain(
         return
     _pretrain_mixture(spec.plain(), store, fitted, _experts(experts, fitted.k), config, backend, options, out,
                       resume, json_out, seed)
+
+
+def new_train_step(backend: str, spec, seed: int, config: TrainConfig, context: int, options: dict, fsdp: bool = False):
+    """A freshly initialized model's train step, once the memory it needs is known to be there."""
+    shards = int(os.environ.get("WORLD_SIZE", "1")) if fsdp else 1
+    rows = -(-config.batch_size // config.micro_batches)
+    check_fits(training_estimate(spec, rows, context, shards=shards), "pretraining this model", backend,
+               "choose a smaller --model, or a smaller --batch-size (or more --grad-accum)")
+    return make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
 
 
 def _pretrain_resampled(spec, store, fitted, domain, config, backend, options, out, resume, json_out, seed) -> None:
@@ -154,7 +164,7 @@ def _pretrain_resampled(spec, store, fitted, domain, config, backend, options, o
                       f" of {report['generic_windows']:,} generic windows; total variation between the resampled "
                       f"and the domain's histograms over {config.steps:,} steps: {report['total_variation']:.4f}")
     writer = ModelWriter(spec, store.tokenizer(), "slm-is", extra={"clusters": fitted.store_info(), "importance": report})
-    step_fn = make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, **options)
+    step_fn = new_train_step(backend, spec, seed, config, store.context, options)
     _run(step_fn, spec, store.tokenizer(), store, config, out, resume, "slm-is", json_out, writer, sampler,
          summary=report)
 
@@ -164,12 +174,19 @@ def _pretrain_mixture(spec, store, fitted, chosen, config, backend, options, out
     if world > 1:  # under torchrun: each rank trains its share of the experts, on its own
         chosen = chosen[int(os.environ.get("RANK", "0"))::world]
         options = {**options, "distributed": False}
-    write_mix_file(out, fitted.k, fitted.store_info(), spec)
+    if (out / MIX_FILE).is_file():  # a rerun: the experts must join the mixture they were started in
+        recorded = read_mix_file(out)
+        if (recorded.k, recorded.clusters.get("centroids_sha256"), recorded.spec) != (
+                fitted.k, fitted.centroids_sha256, spec):
+            raise PnlmError(f"{out / MIX_FILE}: this mixture was started with other clusters or another model; "
+                            f"continue it with the same ones, or choose another --out")
+    else:
+        write_mix_file(out, fitted.k, fitted.store_info(), spec)
     summaries = {}
     for expert in chosen:
         run = expert_dir(out, expert)
         sampler = ExpertSampler(store, config.batch_size, seed, fitted.k, expert)
-        step_fn = make_train_step(backend, spec, init_weights(spec, seed + expert), config.optimizer, **options)
+        step_fn = new_train_step(backend, spec, seed + expert, config, store.context, options)
         if not json_out:
             console.print(f"expert {expert} (cluster {expert}'s {len(sampler.members):,} train windows):")
         summaries[str(expert)] = _run(step_fn, spec, store.tokenizer(), store, config, run, resume, "mix",

@@ -20,7 +20,8 @@ from pnlm.errors import PnlmError
 from pnlm.loop import BEST, LATEST, TrainConfig, evaluate, train
 from pnlm.outputs import CHECKPOINT, RUN, check_output
 from pnlm.run_lock import lock_run
-from pnlm.lora import LoraSpec, init_adapters
+from pnlm.lora import LoraSpec, init_adapters, trainable_parameters
+from pnlm.memory import check_fits, training_estimate
 from pnlm.spec import OptimizerSpec
 from pnlm.weights import init_weights
 
@@ -147,6 +148,10 @@ def finetune(
         lora = LoraSpec(rank=lora_rank, alpha=2.0 * lora_rank if lora_alpha is None else lora_alpha).validate(base.spec)
         adapters = init_adapters(base.spec, lora, seed)
         writer = AdapterWriter(checkpoint, base, lora, method)
+    rows = -(-config.batch_size // config.micro_batches)
+    trainable = trainable_parameters(base.spec, lora) if lora else None
+    check_fits(training_estimate(base.spec, rows, store.context, trainable, loaded=True), f"fine-tuning {checkpoint}",
+               backend, "use --lora-rank, a smaller --batch-size or more --grad-accum")
     step_fn = make_train_step(backend, base.spec, weights, config.optimizer, precision=_precision(precision, backend),
                               lora=lora, adapters=adapters, compile=compile_model)
     _run(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, json_out, writer,

@@ -12,7 +12,6 @@ turns base + adapters into a plain checkpoint.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,18 +68,25 @@ def load_adapter_checkpoint(path: str | Path, base: str | Path | None = None) ->
     config = verify_checkpoint(path, ADAPTER_FORMAT)
     spec = read_spec(path, config)
     try:
-        lora = LoraSpec.from_dict(config.get("adapter"), str(path / CONFIG_FILE)).validate(spec)
+        lora = LoraSpec.from_dict(config.get("adapter"), str(path / CONFIG_FILE))
+    except PnlmError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        lora.validate(spec)
         recorded = config["base"]
         base_path = Path(base) if base is not None else Path(recorded["path"])
         base_sha = str(recorded["sha256"])
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / CONFIG_FILE}: no valid base checkpoint entry ({exc})") from None
     except PnlmError as exc:
-        raise CheckpointError(str(exc)) from None
+        raise CheckpointError(f"{path / CONFIG_FILE}: {exc}") from None
     if not base_path.is_dir():
         raise CheckpointError(f"{path}: its base checkpoint {base_path} is not there; "
                               f"pass the base's new location (base=... / --base)")
-    base_checkpoint = load_checkpoint(base_path)
+    try:
+        base_checkpoint = load_checkpoint(base_path)
+    except PnlmError as exc:
+        raise CheckpointError(f"{path}: its base checkpoint is not usable: {exc}") from None
     if file_sha256(base_path / WEIGHTS_FILE) != base_sha:
         raise CheckpointError(f"{path}: its base {base_path} has other weights than the ones it was trained on")
     if base_checkpoint.spec != spec:
@@ -104,8 +110,9 @@ def load_adapter_resumable(path: str | Path) -> tuple[AdapterCheckpoint, dict[st
 def fuse_checkpoint(path: str | Path, out: str | Path, base: str | Path | None = None) -> Path:
     """A plain checkpoint with base + adapters merged into the weights."""
     adapter = load_adapter_checkpoint(path, base)
-    if Path(out).resolve() == Path(os.fspath(path)).resolve():
-        raise PnlmError(f"{out}: the fused checkpoint needs another folder than the adapters'")
+    for source, what in ((Path(path), "the adapters'"), (adapter.base_path, f"their base's ({adapter.base_path})")):
+        if Path(out).resolve() == source.resolve():
+            raise PnlmError(f"{out}: the fused checkpoint needs another folder than {what}")
     return save_checkpoint(out, adapter.base.spec, adapter.fused(), adapter.base.tokenizer, adapter.method,
                            extra={"fused_from": {"adapters": str(Path(path).resolve()),
                                                  "base": str(adapter.base_path.resolve())}})

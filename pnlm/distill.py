@@ -23,6 +23,7 @@ import numpy as np
 from pnlm.atomic import atomic_dir
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
+from pnlm.json_object import read_json_object
 
 CACHE_META = "teacher_cache.json"
 
@@ -89,15 +90,26 @@ class TeacherCache:
         meta_path = self.path / CACHE_META
         if not meta_path.is_file():
             raise PnlmError(f"{self.path}: not a teacher cache (no {CACHE_META}); write one with --cache-top-k")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_json_object(meta_path, 1 << 20, PnlmError)
         if self.meta.get("tokenizer_sha256") != store.tokenizer_sha256 or self.meta.get("context") != store.context:
             raise PnlmError(f"{self.path}: cached for another store than {store.path}")
+        k = self.meta.get("k")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= store.vocab_size:
+            raise PnlmError(f"{meta_path}: k must be a whole number from 1 to {store.vocab_size}, not {k!r}"[:400])
+        self.store = store
         self.arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self.arrays:
-            indices = np.load(self.path / f"{split}.topk_indices.npy", mmap_mode="r")
-            logprobs = np.load(self.path / f"{split}.topk_logprobs.npy", mmap_mode="r")
+            try:
+                indices = np.load(self.path / f"{split}.topk_indices.npy", mmap_mode="r", allow_pickle=False)
+                logprobs = np.load(self.path / f"{split}.topk_logprobs.npy", mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise PnlmError(f"{self.path}: its {split} arrays cannot be read ({exc})") from None
+            expected = (self.store.num_windows(split), self.store.context - 1, self.meta["k"])
+            if (indices.shape, logprobs.shape, indices.dtype, logprobs.dtype) != (expected, expected, np.int32,
+                                                                                  np.float32):
+                raise PnlmError(f"{self.path}: its {split} arrays are not int32 and float32 of shape {expected}")
             self.arrays[split] = indices, logprobs
         return self.arrays[split]
 

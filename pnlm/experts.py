@@ -27,7 +27,7 @@ from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.loop import BEST, LATEST
 from pnlm.projection import expert_vector, instantiate
-from pnlm.spec import ModelSpec
+from pnlm.spec import MAX_EXPERTS, ModelSpec
 from pnlm.tokenizer import Tokenizer
 
 MIX_FILE = "mix.json"
@@ -42,9 +42,6 @@ def write_mix_file(run: Path, k: int, clusters: dict[str, Any], spec: ModelSpec)
     with atomic_file(run / MIX_FILE) as f:
         f.write((json.dumps({"format": "pnlm-mix", "k": k, "clusters": clusters, "spec": spec.to_dict()},
                             indent=2) + "\n").encode())
-
-
-MAX_EXPERTS = 1 << 16  # far above any mixture a machine trains; a bound so a forged k cannot size anything
 
 
 @dataclass

@@ -7,13 +7,14 @@ pnlm run has); a folder that is empty, or does not exist, is free.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from pnlm.atomic import is_temporary
 from pnlm.errors import PnlmError
 from pnlm.json_object import read_json_object
-from pnlm.run_lock import LOCK_FILE
+from pnlm.run_lock import is_lock_file, lock_output
 
 CHECKPOINT = "checkpoint"
 ADAPTER = "LoRA adapter"
@@ -33,8 +34,8 @@ _MARKS = (
     (EXPERIMENT, "plan.json", None),
 )
 _RUN_ENTRIES = {"latest", "best", "metrics.jsonl", "mix.json", "teacher-cache"}
-# Hidden names pnlm itself leaves, beside a killed writer's temporaries (pnlm.atomic): a run's lock; Finder's litter.
-_OWN_HIDDEN = {LOCK_FILE, ".DS_Store"}
+# Hidden names pnlm leaves, beside a killed writer's temporaries (pnlm.atomic): locks (pnlm.run_lock); and Finder's litter.
+_OWN_HIDDEN = {".DS_Store"}
 
 
 def _format(path: Path) -> object:
@@ -59,7 +60,8 @@ def output_kind(folder: str | Path) -> str | None:
 
 def _entries(folder: Path) -> set[str]:
     """What is in a folder, but for what pnlm leaves there itself; a user's hidden files (.git) count."""
-    return {entry.name for entry in folder.iterdir() if entry.name not in _OWN_HIDDEN and not is_temporary(entry.name)}
+    return {entry.name for entry in folder.iterdir()
+            if entry.name not in _OWN_HIDDEN and not is_lock_file(entry.name) and not is_temporary(entry.name)}
 
 
 def _written_by_pnlm(folder: Path, kind: str) -> set[str]:
@@ -76,7 +78,8 @@ def _written_by_pnlm(folder: Path, kind: str) -> set[str]:
 
 def _overlaps(a: Path, b: Path) -> bool:
     a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
+    # samefile as well: one folder under two paths that resolve() cannot tell apart (a bind mount)
+    return a == b or a in b.parents or b in a.parents or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iterable[str | Path] = ()) -> None:
@@ -87,6 +90,8 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
     for given in inputs:
         if given is not None and Path(given).exists() and _overlaps(out, Path(given)):
             raise PnlmError(f"{out}: is also an input of this command ({given}); write the output elsewhere")
+    if kind not in (RUN, EXPERIMENT):  # those lock their own folder (pnlm.run_lock.lock_run)
+        lock_output(out)
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():

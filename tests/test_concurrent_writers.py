@@ -65,3 +65,28 @@ def test_the_lock_of_a_killed_writer_is_taken_over(inputs, tmp_path):
     first.wait()
     resumed = cli(*pretrain_args(inputs, run, 120))
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("command", [
+    lambda inputs, out: ["data", "prepare", SAMPLE_DATA[2], "--tokenizer", inputs / "tok", "--context", 32],
+    lambda inputs, out: ["data", "tokenizer", SAMPLE_DATA[2], "--vocab-size", 512],
+    lambda inputs, out: ["init", "--model", inputs / "small.toml", "--tokenizer", inputs / "tok"],
+], ids=["store", "tokenizer", "checkpoint"])
+def test_a_second_writer_of_an_output_is_refused(inputs, tmp_path, command):
+    """Outputs written whole (stores, clusters, tokenizers, checkpoints) are locked beside themselves, while
+    their writer runs; here this test process is the first writer."""
+    from pnlm.run_lock import lock_output, release_outputs
+
+    out, lock = tmp_path / "out", tmp_path / ".out.pnlm.lock"
+    lock_output(out)
+    try:
+        second = cli(*command(inputs, out), "--out", out)
+    finally:
+        release_outputs()
+    assert second.returncode == 2, second.stderr
+    assert f"{out}: another pnlm process is writing it (pid {os.getpid()} on " in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and not out.exists()
+    assert not lock.exists()
+    done = cli(*command(inputs, out), "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert out.is_dir() and not lock.exists()  # the writer's lock goes with it

@@ -10,12 +10,9 @@ gets one JSON line per target with the count and the outcomes.
 
 from __future__ import annotations
 
-import collections
 import gzip
 import io
 import json
-import os
-import resource
 import shutil
 import struct
 import tempfile
@@ -23,65 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from pnlm.checkpoint import MANIFEST_FILE, load_checkpoint, save_checkpoint
+from fuzzing import FUZZ, Outcomes, absurd_numbers, cuts, edits, json_values, mutate, resealed, safetensors_bytes
+from pnlm.checkpoint import load_checkpoint, save_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.store import TokenStore
-from pnlm.errors import PnlmError
 from pnlm.experiment.plan import load_plan
 from pnlm.spec import ModelSpec, load_spec
 from pnlm.tokenizer import file_sha256
 from pnlm.weights import init_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = int(os.environ.get("PNLM_FUZZ_EXAMPLES", "150"))
-RECORD = os.environ.get("PNLM_FUZZ_RECORD")
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
-MAX_GROWTH_BYTES = 512 * 1024 * 1024  # what the whole fuzz of one target may add to the process's peak memory
-
 SPEC_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "context", "rope_theta",
              "norm_eps", "tied_embeddings", "projection")
-
-absurd_numbers = st.one_of(st.integers(-2**70, 2**70), st.sampled_from([0, 1, -1, 2**31, 2**63, 10**400]),
-                           st.floats(allow_nan=True, allow_infinity=True), st.booleans())
-json_values = st.recursive(st.one_of(st.none(), absurd_numbers.filter(lambda v: not isinstance(v, int) or
-                                                                     abs(v) < 10**300), st.text(max_size=20)),
-                           lambda children: st.one_of(st.lists(children, max_size=4),
-                                                      st.dictionaries(st.text(max_size=8), children, max_size=4)),
-                           max_leaves=12)
-
-
-class Outcomes:
-    """What a target did with its inputs: accepted, or refused with which error class."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.counts = name, collections.Counter()
-        self.peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def check(self, call, names: str) -> None:
-        """Run call(); it may pass, or raise a PnlmError of one line that contains `names` (a path)."""
-        try:
-            call()
-        except PnlmError as exc:
-            message = str(exc)
-            assert "\n" not in message and names in message, f"unclear error: {message!r}"
-            public = next(kind for kind in type(exc).__mro__ if not kind.__name__.startswith("_"))
-            self.counts[public.__name__] += 1
-        else:
-            self.counts["accepted"] += 1
-
-    def finish(self) -> None:
-        growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.peak_before
-        total = sum(self.counts.values())
-        if RECORD:
-            with open(RECORD, "a") as f:
-                f.write(json.dumps({"target": self.name, "inputs": total, "outcomes": dict(self.counts),
-                                    "peak_memory_growth_mb": round(growth / 2**20, 1)}) + "\n")
-        assert total >= EXAMPLES, f"{self.name}: only {total} inputs ran"
-        assert growth < MAX_GROWTH_BYTES, f"{self.name}: peak memory grew by {growth / 2**20:.0f} MB"
 
 
 @pytest.fixture(scope="module")
@@ -89,21 +42,6 @@ def scratch():
     folder = Path(tempfile.mkdtemp(prefix="pnlm-fuzz-"))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def mutate(data: bytes, edits: list[tuple[int, int, int]], cut: int | None) -> bytes:
-    """Overwrite bytes (position modulo the length, value), xor some, then optionally cut the end."""
-    out = bytearray(data)
-    for position, value, kind in edits:
-        if not out:
-            break
-        i = position % len(out)
-        out[i] = value if kind == 0 else out[i] ^ (1 << (value % 8))
-    return bytes(out[:cut % (len(out) + 1)] if cut is not None else out)
-
-
-edits = st.lists(st.tuples(st.integers(0, 2**32), st.integers(0, 255), st.integers(0, 1)), max_size=8)
-cuts = st.one_of(st.none(), st.integers(0, 2**32))
 
 
 def read_all(path: Path, **options) -> None:
@@ -270,13 +208,6 @@ def checkpoint(tmp_path_factory, tokenizer):
     return save_checkpoint(tmp_path_factory.mktemp("fuzz-ckpt") / "tiny", spec, init_weights(spec), tokenizer)
 
 
-def resealed(folder: Path) -> None:
-    """Rewrite the manifest to match the files, as someone crafting a hostile checkpoint would."""
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    manifest["sha256"] = {name: file_sha256(folder / name) for name in manifest["sha256"]}
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
-
-
 def test_fuzz_checkpoint_config_json(scratch, checkpoint):
     outcomes = Outcomes("checkpoint config.json")
     config = json.loads((checkpoint / "config.json").read_text())
@@ -300,12 +231,6 @@ def test_fuzz_checkpoint_config_json(scratch, checkpoint):
 
     run()
     outcomes.finish()
-
-
-def safetensors_bytes(header: object, data: bytes, claimed_length: int | None = None) -> bytes:
-    blob = json.dumps(header).encode() if not isinstance(header, bytes) else header
-    length = len(blob) if claimed_length is None else claimed_length
-    return struct.pack("<Q", length % 2**64) + blob + data
 
 
 def test_fuzz_safetensors_headers(scratch, checkpoint):

@@ -148,3 +148,19 @@ def test_a_run_folder_is_continued_only_with_resume(tmp_path, capsys, monkeypatc
     (fresh / "train.log").write_text("job 42 started\n")
     assert pnlm(capsys, monkeypatch, *args[:-1], fresh)[0] == 0
     assert (fresh / "train.log").read_text() == "job 42 started\n" and (fresh / "latest").is_dir()
+
+
+def test_fuse_never_writes_over_the_base_its_adapters_name(tmp_path, capsys, monkeypatch):
+    """The base is an input of fuse even when not given (the adapters record it): --overwrite must not
+    replace it, or the adapters would name a base that is gone."""
+    from conftest import micro_run_inputs
+
+    tok, store, model = micro_run_inputs(tmp_path, capsys, monkeypatch)
+    base = tmp_path / "base"
+    assert pnlm(capsys, monkeypatch, "init", "--model", model, "--tokenizer", tok, "--out", base)[0] == 0
+    assert pnlm(capsys, monkeypatch, "finetune", base, "--data", store, "--lora-rank", 2, "--steps", 1, "--eval-every",
+                0, "--no-early-stop", "--backend", "torch", "--out", tmp_path / "run")[0] == 0
+    before = (base / "manifest.json").read_bytes()
+    status, err = pnlm(capsys, monkeypatch, "fuse", tmp_path / "run" / "latest", "--out", base, "--overwrite")
+    assert status == 2 and f"{base}: the fused checkpoint needs another folder than their base's" in err, err
+    assert (base / "manifest.json").read_bytes() == before

@@ -1,0 +1,124 @@
+"""Will it fit? The memory a command needs, estimated from the spec before anything is allocated, against
+the memory this machine has free: a model that cannot fit is refused in one line with both figures,
+instead of growing for minutes and dying in a MemoryError or the kernel's OOM killer.
+
+The estimate counts float32 weights, their gradients and AdamW's two moments (for the weights that train),
+the numpy copy the weights are built or read in, and the activations a micro-batch keeps for the
+backward pass. It is an estimate, close enough to refuse what is far out of reach (a spec within the
+bounds can need terabytes), not a promise that what passes fits: the refusal fires only above what is free.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pnlm.errors import PnlmError
+from pnlm.spec import ModelSpec
+
+FLOAT32 = 4
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int  # the model, float32
+    host_copy: int  # the numpy weights the model is built from (freed once loaded)
+    training_state: int  # gradients and AdamW's moments of what trains
+    activations: int  # what one micro-batch keeps for the backward pass
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.host_copy + self.training_state + self.activations
+
+    def __add__(self, other: "MemoryEstimate") -> "MemoryEstimate":
+        return MemoryEstimate(self.weights + other.weights, self.host_copy + other.host_copy,
+                              self.training_state + other.training_state, self.activations + other.activations)
+
+    def describe(self) -> str:
+        parts = [("weights", self.weights), ("host copy", self.host_copy),
+                 ("gradients and AdamW", self.training_state), ("activations", self.activations)]
+        return ", ".join(f"{name} {size / GIB:.1f}" for name, size in parts if size)
+
+
+def activation_bytes(spec: ModelSpec, rows: int, context: int) -> int:
+    """What the backward pass keeps per micro-batch: per layer and token the norms' inputs, q, k, v, the
+    attention output and its scores, the MLP's gate, up, product and output; then the logits and their gradient."""
+    kv = spec.n_kv_heads * spec.head_dim
+    per_token_layer = 4 * spec.d_model + 2 * kv + 4 * spec.d_ff + spec.n_heads * context
+    return FLOAT32 * rows * context * (spec.n_layers * per_token_layer + 3 * spec.vocab_size)
+
+
+def training_estimate(spec: ModelSpec, rows: int, context: int, trainable: int | None = None,
+                      shards: int = 1, loaded: bool = False) -> MemoryEstimate:
+    """rows × context tokens per micro-batch; trainable: the parameters that train (LoRA: the adapters; 0: a
+    model that only runs, a teacher; default: all); shards: processes a sharded (FSDP) model is split over;
+    loaded: the numpy weights are in memory already (read from a checkpoint), so not counted again."""
+    params = spec.params_pretrain()
+    trainable = params if trainable is None else trainable
+    return MemoryEstimate(FLOAT32 * params // shards, 0 if loaded else FLOAT32 * params,
+                          3 * FLOAT32 * trainable // shards, activation_bytes(spec, rows, context))
+
+
+def init_estimate(spec: ModelSpec) -> MemoryEstimate:
+    """`pnlm init`: the weights, built one tensor at a time in numpy (one tensor's temporary beside them)."""
+    from pnlm.weights import canonical_shapes
+
+    largest = max(math.prod(shape) for shape in canonical_shapes(spec).values())
+    return MemoryEstimate(FLOAT32 * spec.params_pretrain(), FLOAT32 * largest, 0, 0)
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: Linux's MemAvailable, capped by a cgroup limit; elsewhere the
+    physical memory (macOS's unified memory serves MLX too). None when the system does not say."""
+    limit = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limit = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if cgroup != "max":
+            limit = min(limit or 1 << 62, int(cgroup) - used)
+    except (OSError, ValueError):
+        pass
+    if limit is None and sys.platform != "win32":
+        try:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return limit
+
+
+def device_available_bytes(backend: str) -> int | None:
+    """Free memory of the CUDA device a cuda backend trains on (None for the others: they use host memory)."""
+    if backend != "cuda":
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+    except (ImportError, RuntimeError):
+        return None
+    return None
+
+
+def check_fits(estimate: MemoryEstimate, what: str, backend: str = "torch", advice: str = "") -> None:
+    """Refuse, with the estimate and what is free, a command whose model cannot fit in this machine's memory
+    (for cuda: the weights, training state and activations in the GPU's, the host copy in the host's)."""
+    device_free = device_available_bytes(backend)
+    checks = [(estimate.total - (estimate.host_copy if device_free is not None else 0), available_bytes()
+               if device_free is None else device_free, "the GPU" if device_free is not None else "this machine")]
+    if device_free is not None:
+        checks.append((estimate.host_copy, available_bytes(), "this machine"))
+    for needed, free, where in checks:
+        if free is not None and needed > free:
+            raise PnlmError(f"{what} needs about {needed / GIB:.1f} GiB ({estimate.describe()} GiB); {where} has "
+                            f"{free / GIB:.1f} GiB free{'; ' + advice if advice else ''}")
