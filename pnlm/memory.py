@@ -3,8 +3,8 @@ the memory this machine has free: a model that cannot fit is refused in one line
 instead of growing for minutes and dying in a MemoryError or the kernel's OOM killer.
 
 The estimate counts float32 weights, their gradients and AdamW's two moments (for the weights that train),
-the numpy copy the weights are built or read in, and the activations a micro-batch keeps for the
-backward pass. It is an estimate, close enough to refuse what is far out of reach (a spec within the
+the numpy copy the weights are built or read in, the activations a micro-batch keeps for the backward
+pass, and the numpy copy of weights and moments a checkpoint save gathers. It is an estimate, close enough to refuse what is far out of reach (a spec within the
 bounds can need terabytes), not a promise that what passes fits: the refusal fires only above what is free.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from pnlm.errors import PnlmError
@@ -29,18 +29,19 @@ class MemoryEstimate:
     host_copy: int  # the numpy weights the model is built from (freed once loaded)
     training_state: int  # gradients and AdamW's moments of what trains
     activations: int  # what one micro-batch keeps for the backward pass
+    checkpoint_copy: int = 0  # a save gathers the weights and AdamW's moments into numpy
 
     @property
     def total(self) -> int:
-        return self.weights + self.host_copy + self.training_state + self.activations
+        return self.weights + self.host_copy + self.training_state + self.activations + self.checkpoint_copy
 
     def __add__(self, other: "MemoryEstimate") -> "MemoryEstimate":
-        return MemoryEstimate(self.weights + other.weights, self.host_copy + other.host_copy,
-                              self.training_state + other.training_state, self.activations + other.activations)
+        return MemoryEstimate(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
     def describe(self) -> str:
         parts = [("weights", self.weights), ("host copy", self.host_copy),
-                 ("gradients and AdamW", self.training_state), ("activations", self.activations)]
+                 ("gradients and AdamW", self.training_state), ("activations", self.activations),
+                 ("checkpoint copy", self.checkpoint_copy)]
         return ", ".join(f"{name} {size / GIB:.1f}" for name, size in parts if size)
 
 
@@ -59,8 +60,9 @@ def training_estimate(spec: ModelSpec, rows: int, context: int, trainable: int |
     loaded: the numpy weights are in memory already (read from a checkpoint), so not counted again."""
     params = spec.params_pretrain()
     trainable = params if trainable is None else trainable
+    saved = FLOAT32 * (params + 2 * trainable) if trainable else 0
     return MemoryEstimate(FLOAT32 * params // shards, 0 if loaded else FLOAT32 * params,
-                          3 * FLOAT32 * trainable // shards, activation_bytes(spec, rows, context))
+                          3 * FLOAT32 * trainable // shards, activation_bytes(spec, rows, context), saved)
 
 
 def init_estimate(spec: ModelSpec) -> MemoryEstimate:

@@ -181,3 +181,10 @@ def test_mixture_json_is_one_object(tmp_path, corpus):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert sorted(summary["experts"]) == ["0", "1"] and all(e["steps"] == 2 for e in summary["experts"].values())
+    before = (tmp_path / "mix" / "mix.json").read_bytes()
+    (tmp_path / "other.toml").write_text("[model]\npreset = 'tiny'\nd_ff = 64\n")
+    rerun = pnlm_cli("pretrain", "--method", "mix", "--model", tmp_path / "other.toml", "--data", generic.path,
+                     "--clusters", clusters, "--backend", "torch", "--steps", 4, "--batch-size", 2,
+                     "--out", tmp_path / "mix", "--resume")
+    assert rerun.returncode == 2 and f"{tmp_path / 'mix' / 'mix.json'}: this mixture was started with" in rerun.stderr
+    assert (tmp_path / "mix" / "mix.json").read_bytes() == before  # refused before it was touched

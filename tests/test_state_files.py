@@ -34,6 +34,9 @@ def rewrite(folder, name, text):
     (lambda t: {k: v for k, v in t.items() if k != "step"}, "trainer.json: step must be a whole number >= 0, not None"),
     (lambda t: {**t, "step": "2"}, "trainer.json: step must be a whole number >= 0, not '2'"),
     (lambda t: {k: v for k, v in t.items() if k != "tokens"}, "trainer.json: has no tokens; not a pnlm run's state"),
+    (lambda t: {**t, "tokens": "16"}, "trainer.json: tokens must be a whole number >= 0, not '16'"),
+    (lambda t: {**t, "elapsed_s": float("inf")}, "trainer.json: elapsed_s must be a finite number >= 0, not inf"),
+    (lambda t: {**t, "config": []}, "trainer.json: config must be an object, not []"),
 ])
 def test_a_trainer_state_without_its_fields_is_one_line(tmp_path, capsys, monkeypatch, edit, fragment):
     run, args = started_run(tmp_path, capsys, monkeypatch)
@@ -68,3 +71,58 @@ def test_an_optimizer_state_of_another_shape_is_one_line(tmp_path, capsys, monke
     status, err = pnlm(capsys, monkeypatch, *args(4))
     assert status == 2 and f"optimizer.safetensors: {key} has shape (31,), its weight (32,)" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**64, 1], [2**63, 2]], ids=["int64-wraps-to-0", "2^64", "2^63x2"])
+def test_a_safetensors_shape_whose_size_overflows_is_one_line(tmp_path, capsys, monkeypatch, shape):
+    """A tensor of 2^64 elements claiming 0 bytes of data: its size is multiplied exactly, not in int64."""
+    import struct
+
+    run, args = started_run(tmp_path, capsys, monkeypatch)
+    latest = run / "latest"
+    blob = (latest / "optimizer.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    header["model.norm.weight.exp_avg"] = {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}
+    forged = json.dumps(header).encode()
+    (latest / "optimizer.safetensors").write_bytes(struct.pack("<Q", len(forged)) + forged + blob[8 + length:])
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest["sha256"]["optimizer.safetensors"] = hashlib.sha256((latest / "optimizer.safetensors").read_bytes()).hexdigest()
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    status, err = pnlm(capsys, monkeypatch, *args(4))
+    assert status == 2 and "tensor model.norm.weight.exp_avg: data_offsets [0, 0] do not fit shape" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("tokenizer", "tokenizer.model", "tokenizer must be an object with a sha256 string"),
+    ("method", ["slm"], "method must be a method's name"),
+])
+def test_info_on_a_config_with_a_field_of_the_wrong_type_is_one_line(tmp_path, capsys, monkeypatch, field, value,
+                                                                     fragment):
+    run, _ = started_run(tmp_path, capsys, monkeypatch)
+    latest = run / "latest"
+    config = json.loads((latest / "config.json").read_text())
+    rewrite(latest, "config.json", json.dumps({**config, field: value}))
+    status, err = pnlm(capsys, monkeypatch, "info", latest)
+    assert status == 2 and f"{latest / 'config.json'}: {fragment}" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"clusters": ["a"]}, "its clusters record needs clusters (a path), k"),
+    ({"k": 0}, "not a pnlm mixture description"),
+    ({"spec": "tiny"}, "expected a table of model settings"),
+    ({"k": 3}, "k is 3 but its clusters have 2"),
+])
+def test_a_forged_mixture_description_is_one_line(tmp_path, capsys, monkeypatch, change, fragment):
+    run = tmp_path / "mix"
+    run.mkdir()
+    spec = {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "context": 32}
+    clusters = {"clusters": "/c", "k": 2, "centroids_sha256": "0" * 64, "embedder": "hashing"}
+    (run / "mix.json").write_text(json.dumps({"format": "pnlm-mix", "k": 2, "clusters": clusters, "spec": spec,
+                                              **change}))
+    for args in (["info", run], ["instantiate", run, "--expert", "0", "--out", tmp_path / "out"]):
+        status, err = pnlm(capsys, monkeypatch, *args)
+        assert status == 2 and f"{run / 'mix.json'}" in err and fragment in err, err
+        assert len(err.strip().splitlines()) == 1
