@@ -27,7 +27,7 @@ def load_inference_model(path, backend: str, dtype: str = "float32"):
 def make_train_step(backend: str, spec, weights, optimizer, precision: str = "float32", lora=None, adapters=None,
                     compile: bool = False, fsdp: bool = False, distributed: bool = True, distill=None):
     """A backend's model, loaded with canonical weights (and LoRA adapters when lora is given: then only
-    the adapters train), and its train step (see pnlm/loop.py). compile: torch.compile (torch only;
+    the adapters train), and its train step (see pnlm/training/step.py). compile: torch.compile (torch only;
     MLX's step is always compiled); fsdp: shard the model under torchrun (torch only); distributed=False:
     train alone even under torchrun (a mixture's experts); distill: a DistillSpec, for a student's step."""
     if backend in ("torch", "cuda"):

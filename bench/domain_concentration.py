@@ -12,7 +12,7 @@ import argparse
 import math
 import time
 
-from pnlm.cluster import assign_clusters, histogram_report, load_clusters
+from pnlm.clustering import assign_clusters, histogram_report, load_clusters
 from pnlm.data.store import TokenStore
 
 

@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    from pnlm.cluster.histogram import cluster_histogram, entropy, top_share
-    from pnlm.data.samplers import ImportanceSampler
+    from pnlm.clustering.histogram import cluster_histogram, entropy, top_share
+    from pnlm.methods.importance import ImportanceSampler
     from pnlm.data.store import TokenStore
 
     generic = TokenStore(args.generic)

@@ -22,7 +22,7 @@ from pnlm.backends import make_train_step
 from pnlm.checkpoint import load_checkpoint
 from pnlm.data.samplers import cluster_groups
 from pnlm.data.store import TokenStore
-from pnlm.loop import shifted
+from pnlm.training.batches import shifted
 from pnlm.projection import EXPERT_EMBEDDING, expert_vector, instantiate
 from pnlm.spec import OptimizerSpec
 

@@ -3,7 +3,7 @@
     python bench/pn_throughput.py [--model tiny] [--projections 4,8,4:4,16,4] [--batches mixed]
                                   [--backends torch,mlx] [--steps 40] [--rounds 3] [--json OUT]
 
-Both run through the loop (pnlm/loop.py) on the sample books (2,048-piece tokenizer, context 256,
+Both run through the loop (pnlm/training/loop.py) on the sample books (2,048-piece tokenizer, context 256,
 batch 8). The PN draws the SLM's batches and sends each row through its own cluster's expert
 (--batches mixed, what `pnlm pretrain --method pn` does), or draws one cluster a batch (one-cluster).
 The windows get random cluster labels here, uniform over the k clusters: the most experts a batch can
@@ -40,7 +40,8 @@ def measure(backend: str, spec: dict, store_path: str, steps: int, batch_size: i
     from pnlm.backends import make_train_step
     from pnlm.data.samplers import ClusterSampler, RoutedSampler
     from pnlm.data.store import TokenStore
-    from pnlm.loop import TrainConfig, train
+    from pnlm.training.loop import TrainConfig
+    from pnlm.training.runs import run_training
     from pnlm.spec import ModelSpec, OptimizerSpec
     from pnlm.weights import init_weights
 
@@ -52,7 +53,8 @@ def measure(backend: str, spec: dict, store_path: str, steps: int, batch_size: i
     if spec.projection is not None:
         sampler = (RoutedSampler if batches == "mixed" else ClusterSampler)(store, batch_size, 0, spec.projection.k)
     step_fn = make_train_step(backend, spec, init_weights(spec, 0), config.optimizer)
-    train(step_fn, spec, store.tokenizer(), store, config, run, sampler=sampler)
+    run_training(step_fn, spec, store.tokenizer(), store, config, run, False, "pn" if spec.projection else "slm",
+                 sampler=sampler)
     return tokens_per_s(Path(run))
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: training tokens/s through the loop (pnlm/loop.py), torch CPU vs MLX CPU, side by side.
+"""Benchmark: training tokens/s through the loop (pnlm/training/loop.py), torch CPU vs MLX CPU, side by side.
 
     python bench/train_throughput.py [--model tiny] [--steps 40] [--rounds 2] [--modes pretrain,finetune,lora,bf16]
                                      [--json OUT]
@@ -27,7 +27,8 @@ def run_once(backend: str, mode: str, spec, weights, tokenizer, store, steps: in
              out: Path) -> float:
     from pnlm.backends import make_train_step
     from pnlm.lora import LoraSpec, init_adapters
-    from pnlm.loop import TrainConfig, train
+    from pnlm.training.loop import TrainConfig
+    from pnlm.training.runs import run_training
     from pnlm.spec import OptimizerSpec
 
     lora = LoraSpec(rank=8, alpha=16.0) if mode == "lora" else None
@@ -43,7 +44,7 @@ def run_once(backend: str, mode: str, spec, weights, tokenizer, store, steps: in
 
         base = save_checkpoint(out / "base", spec, weights, tokenizer)
         writer = AdapterWriter(base, load_checkpoint(base), lora, "slm")
-    train(step_fn, spec, tokenizer, store, config, out / "run", writer=writer)
+    run_training(step_fn, spec, tokenizer, store, config, out / "run", False, "slm", writer=writer)
     lines = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     first, last = lines[1], lines[-1]
     return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])

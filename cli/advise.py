@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+import pnlm
 from pnlm.cli.console import console, print_json
-from pnlm.experiment.advise import advise as advise_from
 
 
 def advise(
@@ -22,7 +22,7 @@ def advise(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Recommend a method: the lowest perplexity within the amortized cost C_generic + N · C_specialization."""
-    advice = advise_from(results, domains, domain_tokens, inference_params, budget_hours)
+    advice = pnlm.advise(results, domains, domain_tokens, inference_params, budget_hours)
     if json_out:
         print_json(advice.to_json())
         return

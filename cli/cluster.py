@@ -15,11 +15,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
+import pnlm
 from pnlm.cli.console import console, print_json, window_progress
 from pnlm.cli.options import OVERWRITE
-from pnlm.cluster import DEFAULT_BATCH_SIZE, assign_clusters, fit_clusters
-from pnlm.outputs import CLUSTERS, check_output
-from pnlm.run_lock import lock_output
+from pnlm.clustering import DEFAULT_BATCH_SIZE
 
 TABLE_ROWS = 32
 
@@ -60,10 +59,9 @@ def cluster(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Embed STORE's windows (cached in STORE/embeddings), k-means its train split, write CLUSTERS, label STORE."""
-    check_output(out, CLUSTERS, overwrite, [store, tokenizer, embedder])
     with window_progress() as progress:
-        result = fit_clusters(store, tokenizer, k, out, embedder=embedder, seed=seed, batch_size=batch_size,
-                              precision=precision, on_progress=progress)
+        result = pnlm.cluster(store, k, out, tokenizer=tokenizer, embedder=embedder, seed=seed, batch_size=batch_size,
+                              precision=precision, overwrite=overwrite, on_progress=progress)
     if json_out:
         print_json(result.to_json())
         return
@@ -89,10 +87,9 @@ def assign(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Label STORE's windows with their nearest cluster; report the split's histogram, top share and entropy."""
-    lock_output(store)  # it writes the labels into the store: one writer at a time
     with window_progress() as progress:
-        report = assign_clusters(store, tokenizer, clusters, split=split, embedder=embedder, batch_size=batch_size,
-                                 on_progress=progress, all_splits=all_splits)
+        report = pnlm.assign(store, clusters, split=split, all_splits=all_splits, tokenizer=tokenizer,
+                             embedder=embedder, batch_size=batch_size, on_progress=progress).to_json()
     if json_out:
         print_json(report)
         return

@@ -80,7 +80,7 @@ class StepProgress:
 
 @contextmanager
 def window_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A progress callback (description, done, total), as pnlm.cluster takes: one bar per phase, with windows/s.
+    """A progress callback (description, done, total), as pnlm.clustering takes: one bar per phase, with windows/s.
 
     The display starts with the first report, so an early error prints nothing but its own line.
     """
@@ -103,3 +103,42 @@ def window_progress() -> Iterator[Callable[[str, int, int], None]]:
     finally:
         if tasks:
             bar.stop()
+
+
+class TrainingBar:
+    """pnlm.training.runs.TrainingProgress drawn with rich: a bar per run, a note before it, its summary after it
+    (summaries=False: a JSON caller prints them itself)."""
+
+    def __init__(self, summaries: bool = True) -> None:
+        self.summaries, self.bar = summaries, None
+
+    def started(self, run, steps: int, note: str = "") -> None:
+        if note and self.summaries:
+            console.print(f"{note}:" if note.startswith("expert") else note)
+        self.bar = StepProgress("training", steps).__enter__()
+
+    def logged(self, record: dict) -> None:
+        status = f"loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
+        if "val_loss" in record:
+            status += f", val {record['val_loss']:.3f}"
+        if "val_kl" in record:
+            status += f", kl {record['val_kl']:.3f}"
+        self.bar.update(record["step"], status)
+
+    def failed(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def finished(self, summary) -> None:
+        self.failed()
+        if not self.summaries:
+            return
+        mfu = f", MFU {summary.mfu:.1%}" if summary.mfu is not None else ""
+        best = f"; best validation loss {summary.best_val_loss:.4f} in {summary.out / 'best'}" \
+            if summary.best_val_loss else ""
+        console.print(f"{summary.steps} steps, {summary.tokens:,} tokens in {summary.seconds:.1f} s "
+                      f"({summary.tokens_per_s:,} tokens/s, {summary.flops:.3g} FLOPs, {summary.device_hours:.4f} "
+                      f"device-hours{mfu}); final loss {summary.final_loss:.4f}{best}; "
+                      f"resumable checkpoint in {summary.out / 'latest'}"
+                      + ("; stopped early" if summary.stopped_early else ""))

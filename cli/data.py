@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import typer
 
-from pnlm.cli.console import RateCounter, console, print_json, track
+import pnlm
+from pnlm.api.data import ReadOptions
+from pnlm.cli.console import RateCounter, console, print_json
 from pnlm.cli.options import OVERWRITE
-from pnlm.data import TXT_MODES, ReadStats, iter_documents
-from pnlm.data.prepare import prepare_store
-from pnlm.errors import InputError
-from pnlm.outputs import TOKEN_STORE, TOKENIZER, check_output
-from pnlm.tokenizer import load_tokenizer, train_tokenizer
+from pnlm.data import TXT_MODES, ReadStats
 
 app = typer.Typer(no_args_is_help=True, help="Prepare corpora: tokenizer, token store, clusters.")
 
@@ -23,16 +20,6 @@ TEXT_FIELD = typer.Option("text", "--text-field", help="JSONL key or Parquet col
 TXT_MODE = typer.Option("file", "--txt-mode", help=f"How .txt files split into documents: {' or '.join(TXT_MODES)}.")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip and count malformed JSONL records instead of stopping at the first.")
 MAX_DOCUMENTS = typer.Option(0, "--max-documents", help="Read only the first N documents of the inputs (0: all).")
-
-
-def _documents(inputs: list[Path], text_field: str, txt_mode: str, skip_bad: bool, stats: ReadStats,
-               max_documents: int = 0):
-    if txt_mode not in TXT_MODES:
-        raise InputError(f"--txt-mode must be one of {', '.join(TXT_MODES)}, got {txt_mode!r}")
-    if max_documents < 0:
-        raise InputError(f"--max-documents must be >= 0, got {max_documents}")
-    documents = iter_documents(inputs, text_field=text_field, txt_mode=txt_mode, skip_bad=skip_bad, stats=stats)
-    return itertools.islice(documents, max_documents) if max_documents else documents
 
 
 def _report_skipped(stats: ReadStats) -> None:
@@ -54,13 +41,12 @@ def tokenizer(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Train a SentencePiece BPE tokenizer (byte fallback, BOS/EOS, Llama settings) on a corpus."""
-    check_output(out, TOKENIZER, overwrite, inputs)
-    stats = ReadStats()
-    documents = track(_documents(inputs, text_field, txt_mode, skip_bad, stats, max_documents), "reading documents",
-                      unit="docs")
-    tok = train_tokenizer(documents, vocab_size, out, max_sentences=max_sentences)
-    _report_skipped(stats)
-    result = {"out": str(out), "vocab_size": tok.vocab_size, "sha256": tok.sha256}
+    read = ReadOptions(text_field, txt_mode, skip_bad, max_documents)
+    with RateCounter("reading documents", "docs") as counter:
+        trained = pnlm.train_tokenizer(inputs, vocab_size, out, max_sentences=max_sentences, read=read,
+                                       overwrite=overwrite, on_document=counter.update)
+    _report_skipped(trained.read)
+    tok, result = trained.tokenizer, trained.to_json()
     if json_out:
         print_json(result)
     else:
@@ -88,25 +74,20 @@ def prepare(
     Each document becomes [BOS] + tokens + [EOS], cut into non-overlapping windows of --context tokens
     (the last one of a document may be shorter). Empty documents are skipped and counted.
     """
-    check_output(out, TOKEN_STORE, overwrite, [*inputs, tokenizer])
-    tok = load_tokenizer(tokenizer)
-    read_stats = ReadStats()
-    documents = _documents(inputs, text_field, txt_mode, skip_bad, read_stats, max_documents)
+    read = ReadOptions(text_field, txt_mode, skip_bad, max_documents)
     with RateCounter("tokenizing", "tokens") as counter:
-        store, stats = prepare_store(documents, tok, out, context, valid_fraction, test_fraction,
-                                     workers=workers or None, sources=[str(p) for p in inputs],
-                                     read_stats=read_stats, on_progress=lambda docs, tokens: counter.update(tokens, f", {docs:,} documents"))
-    result = {"out": str(out), "context": context, "splits": store.meta["splits"],
-              "empty_documents_skipped": stats.empty_documents, "bad_records_skipped": read_stats.bad, "seconds": round(stats.seconds, 2),
-              "tokens_per_s": round(stats.total_tokens / max(stats.seconds, 1e-9))}
+        prepared = pnlm.prepare(inputs, tokenizer, context, out, valid_fraction=valid_fraction,
+                                test_fraction=test_fraction, workers=workers, read=read, overwrite=overwrite,
+                                on_progress=lambda docs, tokens: counter.update(tokens, f", {docs:,} documents"))
+    store, result = prepared.store, prepared.to_json()
     if json_out:
         print_json(result)
         return
-    _report_skipped(read_stats)
+    _report_skipped(prepared.read)
     for split, counts in store.meta["splits"].items():
         console.print(f"{split:>5}: {counts['documents']:,} documents, {counts['tokens']:,} tokens, {counts['windows']:,} windows")
-    console.print(f"{stats.total_tokens:,} tokens in {stats.seconds:.1f} s ({result['tokens_per_s']:,} tokens/s); "
-                  f"{stats.empty_documents} empty documents skipped; written to {out}")
+    console.print(f"{prepared.tokens:,} tokens in {prepared.seconds:.1f} s ({result['tokens_per_s']:,} tokens/s); "
+                  f"{prepared.empty_documents} empty documents skipped; written to {out}")
 
 
 @app.command("subset")
@@ -119,11 +100,7 @@ def subset(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """A copy of a store with a smaller train split: a domain's data at a given size, labels included."""
-    from pnlm.data.subset import subset_store
-
-    check_output(out, TOKEN_STORE, overwrite, [store])
-
-    result = subset_store(store, out, train_tokens)
+    result = pnlm.subset(store, train_tokens, out, overwrite=overwrite).store
     report = {"out": str(out), "splits": result.meta["splits"]}
     if json_out:
         print_json(report)

@@ -1,4 +1,4 @@
-"""`pnlm distill`: fine-tune a student on a domain with a teacher's next-token distributions (SLM-d)."""
+"""`pnlm distill`: fine-tune a student on a domain with a teacher's next-token distributions (SLM-d; pnlm.distill)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ from pathlib import Path
 
 import typer
 
-from pnlm.backends import make_train_step
-from pnlm.checkpoint import load_checkpoint, weights_sha256
-from pnlm.cli.train import BACKEND_HELP, PRECISION_HELP, _precision, _run, check_run_output
-from pnlm.data.store import TokenStore
-from pnlm.distill import CACHE_META, DistillSpec, LiveTeacher, TeacherCache, write_teacher_cache
-from pnlm.errors import PnlmError
-from pnlm.inference import refuse_projected
-from pnlm.loop import TrainConfig
-from pnlm.memory import check_fits, training_estimate
-from pnlm.spec import OptimizerSpec
+import pnlm
+from pnlm.cli.console import TrainingBar, print_json
+from pnlm.cli.options import BACKEND_HELP, PRECISION_HELP
 
 
 def distill(
@@ -43,37 +36,10 @@ def distill(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Distill: the student learns the domain's tokens and the teacher's distributions at once."""
-    check_run_output(out, resume, [teacher, student, data])
-    spec = DistillSpec(alpha=alpha, temperature=temperature).validate()
-    teacher_ckpt, student_ckpt = load_checkpoint(teacher), load_checkpoint(student)
-    refuse_projected(teacher_ckpt.spec, teacher)
-    refuse_projected(student_ckpt.spec, student)
-    store = TokenStore(data)
-    for path, ckpt in ((teacher, teacher_ckpt), (student, student_ckpt)):
-        if ckpt.tokenizer.sha256 != store.tokenizer_sha256:
-            raise PnlmError(f"{data}: prepared with another tokenizer than {path}'s")
-    config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr), cosine=False,
-                         eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
-                         checkpoint_every=checkpoint_every, seed=seed).validate()
-    precision = _precision(precision, backend)
-    check_fits(training_estimate(student_ckpt.spec, batch_size, store.context, loaded=True)
-               + training_estimate(teacher_ckpt.spec, batch_size, store.context, trainable=0, loaded=True),
-               f"distilling {teacher} into {student}", backend, "use a smaller --batch-size")
-    teacher_step = make_train_step(backend, teacher_ckpt.spec, teacher_ckpt.weights, OptimizerSpec(), precision=precision)
-    source = LiveTeacher(teacher_step)
-    if cache_top_k:
-        cache = out / "teacher-cache"
-        if (cache / CACHE_META).is_file():
-            source = TeacherCache(cache, store)
-        else:
-            splits = tuple(s for s in ("train", "valid") if store.num_windows(s))
-            source = write_teacher_cache(cache, teacher_step, store, cache_top_k, str(teacher), batch_size, splits)
-        if source.meta["k"] != cache_top_k:
-            raise PnlmError(f"{cache}: holds the top {source.meta['k']}, not {cache_top_k}; remove it or match it")
-        del teacher_step  # the cache replaces the teacher
-    step_fn = make_train_step(backend, student_ckpt.spec, student_ckpt.weights, config.optimizer, precision=precision,
-                              distill=spec)
-    summary = {"alpha": alpha, "temperature": temperature, "teacher": str(teacher),
-               "teacher_source": f"cache top-{cache_top_k}" if cache_top_k else "live"}
-    _run(step_fn, student_ckpt.spec, student_ckpt.tokenizer, store, config, out, resume, "slm-d", json_out,
-         summary=summary, teacher=source, started_from={"teacher_sha256": weights_sha256(teacher)})
+    summary = pnlm.distill(teacher, student, data, out, backend=backend, alpha=alpha, temperature=temperature,
+                           cache_top_k=cache_top_k, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                           eval_batches=eval_batches, patience=patience, early_stop=early_stop, precision=precision,
+                           checkpoint_every=checkpoint_every, seed=seed, resume=resume,
+                           progress=TrainingBar(summaries=not json_out))
+    if json_out and summary is not None:
+        print_json(summary.to_json())

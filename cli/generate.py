@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pnlm import load
+import pnlm
 from pnlm.cli.console import console, print_json
 
 
@@ -23,7 +23,7 @@ def generate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Continue a prompt with a KV cache: greedy, or temperature and top-p sampling."""
-    model = load(checkpoint, backend=backend, dtype=dtype)
+    model = pnlm.load(checkpoint, backend=backend, dtype=dtype)
     prompt_ids = model.tokenizer.encode(prompt)
     new: list[int] = []
     printed = ""

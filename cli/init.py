@@ -6,14 +6,9 @@ from pathlib import Path
 
 import typer
 
-from pnlm.checkpoint import save_checkpoint
+import pnlm
 from pnlm.cli.console import console, print_json
 from pnlm.cli.options import OVERWRITE
-from pnlm.memory import check_fits, init_estimate
-from pnlm.outputs import CHECKPOINT, check_output
-from pnlm.spec import load_spec
-from pnlm.tokenizer import load_tokenizer
-from pnlm.weights import init_weights
 
 
 def init(
@@ -25,12 +20,8 @@ def init(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Write a randomly initialized checkpoint (weights drawn in numpy, so backend-independent)."""
-    check_output(out, CHECKPOINT, overwrite, [tokenizer])
-    tok = load_tokenizer(tokenizer)
-    spec = load_spec(model).with_vocab(tok.vocab_size)
-    check_fits(init_estimate(spec), f"--model {model}", advice="choose a smaller model")
-    save_checkpoint(out, spec, init_weights(spec, seed), tok, extra={"seed": seed})
-    result = {"out": str(out), "params_inference": spec.params_inference(), "vocab_size": spec.vocab_size}
+    initialized = pnlm.init(model, tokenizer, out, seed=seed, overwrite=overwrite)
+    spec, result = initialized.spec, initialized.to_json()
     if json_out:
         print_json(result)
     else:

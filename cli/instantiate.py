@@ -6,11 +6,9 @@ from pathlib import Path
 
 import typer
 
-from pnlm.checkpoint import save_checkpoint
+import pnlm
 from pnlm.cli.console import console, print_json
 from pnlm.cli.options import OVERWRITE
-from pnlm.experts import instantiate_expert
-from pnlm.outputs import CHECKPOINT, check_output
 
 
 def instantiate(
@@ -24,11 +22,7 @@ def instantiate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Write the expert as an ordinary small model (the SLM's shapes and parameter count) to fine-tune."""
-    check_output(out, CHECKPOINT, overwrite, [run, domain])
-    chosen = instantiate_expert(run, domain, expert)
-    save_checkpoint(out, chosen.spec, chosen.weights, chosen.tokenizer, chosen.method,
-                    extra={"instantiated_from": chosen.report})
-    report = {**chosen.report, "out": str(out), "params": chosen.spec.params_inference()}
+    report = pnlm.instantiate(run, out, domain=domain, expert=expert, overwrite=overwrite).to_json()
     if json_out:
         print_json(report)
         return

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import typer
 
+import pnlm
 from pnlm.cli.console import console
-from pnlm.errors import PnlmError
-from pnlm.hf import export_hf, import_hf
 from pnlm.cli.options import OVERWRITE
-from pnlm.outputs import CHECKPOINT, check_output
+from pnlm.errors import PnlmError
 
 
 def export(
@@ -21,9 +20,7 @@ def export(
     """Write a checkpoint as a Hugging Face Llama model folder."""
     if format != "hf":
         raise PnlmError(f"--format {format!r}: this version exports hf (Hugging Face Llama) only")
-    # A Hugging Face folder carries no mark of who wrote it: an existing one is never replaced.
-    check_output(out, "Hugging Face folder", False, [checkpoint])
-    export_hf(checkpoint, out)
+    pnlm.export_hf(checkpoint, out)
     console.print(f"exported {checkpoint} to {out} (Hugging Face Llama: transformers, mlx_lm.load)")
 
 
@@ -33,6 +30,5 @@ def import_command(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Read a local Hugging Face Llama folder (any size, safetensors) into a pnlm checkpoint."""
-    check_output(out, CHECKPOINT, overwrite, [folder])
-    path = import_hf(folder, out)
+    path = pnlm.import_hf(folder, out, overwrite=overwrite)
     console.print(f"imported {folder} into {path}")

@@ -1,4 +1,4 @@
-"""Options shared by the commands that write a folder."""
+"""Options and help texts shared by several commands."""
 
 from __future__ import annotations
 
@@ -6,3 +6,6 @@ import typer
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT when it holds this command's kind of pnlm output "
                          "(a folder with anything else in it is never replaced).")
+BACKEND_HELP = "torch (CPU), cuda (NVIDIA GPU) or mlx."
+PRECISION_HELP = ("float32, or bfloat16 compute over float32 weights and optimizer (autocast). "
+                  "Default: bfloat16 on cuda, float32 elsewhere (MLX on a CPU has no bfloat16 BLAS: ~18x slower).")

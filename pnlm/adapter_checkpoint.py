@@ -119,7 +119,7 @@ def fuse_checkpoint(path: str | Path, out: str | Path, base: str | Path | None =
 
 
 class AdapterWriter:
-    """How a LoRA run saves and restores (pnlm/loop.py): adapter folders that name their base."""
+    """How a LoRA run saves and restores (pnlm/training/loop.py): adapter folders that name their base."""
 
     def __init__(self, base_path: str | Path, base: Checkpoint, lora: LoraSpec, method: str) -> None:
         self.base_path, self.base, self.lora, self.method = Path(base_path), base, lora, method

@@ -215,7 +215,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# What a run's trainer.json holds (pnlm/loop.py writes it) and what each field must be before it is used.
+# What a run's trainer.json holds (pnlm/training/loop.py writes it) and what each field must be before it is used.
 _TRAINER_FIELDS = {"tokens": ("a whole number >= 0", _is_count),
                    "best_val_loss": ("a finite number or null", lambda v: v is None or _is_number(v)),
                    "evals_since_best": ("a whole number >= 0", _is_count),
@@ -259,7 +259,7 @@ def check_optimizer_state(state: dict[str, np.ndarray], weights: dict[str, np.nd
 
 
 class ModelWriter:
-    """How a training run saves and restores a whole model (pnlm/loop.py): checkpoint folders.
+    """How a training run saves and restores a whole model (pnlm/training/loop.py): checkpoint folders.
 
     Every process of a distributed run calls save (gathering sharded weights is collective); only the
     one with write=True writes."""

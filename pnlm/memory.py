@@ -102,14 +102,9 @@ def device_available_bytes(backend: str) -> int | None:
     """Free memory of the CUDA device a cuda backend trains on (None for the others: they use host memory)."""
     if backend != "cuda":
         return None
-    try:
-        import torch
+    from pnlm.backend_loader import cuda_free_bytes
 
-        if torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info()[0])
-    except (ImportError, RuntimeError):
-        return None
-    return None
+    return cuda_free_bytes()
 
 
 def check_fits(estimate: MemoryEstimate, what: str, backend: str = "torch", advice: str = "") -> None:

@@ -8,13 +8,14 @@ pnlm run has); a folder that is empty, or does not exist, is free.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pnlm.atomic import is_temporary
 from pnlm.errors import PnlmError
 from pnlm.json_object import read_json_object
-from pnlm.run_lock import is_lock_file, lock_output
+from pnlm.run_lock import is_lock_file, output_lock
 
 CHECKPOINT = "checkpoint"
 ADAPTER = "LoRA adapter"
@@ -85,13 +86,12 @@ def _overlaps(a: Path, b: Path) -> bool:
 def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse, with one line, an --out that would lose something: a folder that is (or holds, or lies
     inside) an input of the command; a file; a folder with files pnlm did not write; another kind of pnlm
-    output; or this kind of output when replace (--overwrite, a run's --resume) was not asked for."""
+    output; or this kind of output when replace (--overwrite, a run's --resume) was not asked for.
+    The writer holds the output's lock while it checks and writes (`writing_output`)."""
     out = Path(out)
     for given in inputs:
         if given is not None and Path(given).exists() and _overlaps(out, Path(given)):
             raise PnlmError(f"{out}: is also an input of this command ({given}); write the output elsewhere")
-    if kind not in (RUN, EXPERIMENT):  # those lock their own folder (pnlm.run_lock.lock_run)
-        lock_output(out)
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():
@@ -116,3 +116,11 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
         if foreign:
             raise PnlmError(f"{out}: holds files pnlm did not write ({', '.join(foreign[:3])}), which --overwrite "
                             f"would delete with the {kind}; move them, or choose another --out")
+
+
+@contextmanager
+def writing_output(out: str | Path, kind: str, replace: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[None]:
+    """One writer at a time on out (pnlm.run_lock), which check_output has found safe to write."""
+    with output_lock(out):
+        check_output(out, kind, replace, inputs)
+        yield

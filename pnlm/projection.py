@@ -61,18 +61,18 @@ def group_rows(row_experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return present, slot.reshape(-1)
 
 
-def rows_by_expert(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, expert, teacher: tuple | None):
+def rows_by_expert(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, expert, soft_targets: tuple | None):
     """A batch with its rows sorted by expert when each row has its own (a summed loss does not depend on
     the order of the rows), so that each expert's rows are one contiguous block; else as it is."""
     if expert is None:
-        return inputs, targets, mask, expert, teacher
+        return inputs, targets, mask, expert, soft_targets
     indices = expert_indices(expert, len(inputs))
     if indices.ndim == 0:
-        return inputs, targets, mask, expert, teacher
+        return inputs, targets, mask, expert, soft_targets
     order = np.argsort(indices, kind="stable")
-    if teacher is not None:
-        teacher = tuple(None if part is None else part[order] for part in teacher)
-    return inputs[order], targets[order], None if mask is None else mask[order], indices[order], teacher
+    if soft_targets is not None:
+        soft_targets = tuple(None if part is None else part[order] for part in soft_targets)
+    return inputs[order], targets[order], None if mask is None else mask[order], indices[order], soft_targets
 
 
 def routed_projection(x: np.ndarray, row_experts: np.ndarray, table: np.ndarray, mix: np.ndarray,

@@ -15,6 +15,8 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pnlm.atomic import process_alive
@@ -59,9 +61,26 @@ def lock_output(path: str | Path) -> None:
 
 def release_outputs() -> None:
     for key in list(_outputs):
-        fd, lock = _outputs.pop(key)
-        lock.unlink(missing_ok=True)  # while still held: a writer waiting on this file finds it gone, below
-        os.close(fd)
+        _release(key)
+
+
+def _release(key: Path) -> None:
+    fd, lock = _outputs.pop(key)
+    lock.unlink(missing_ok=True)  # while still held: a writer waiting on this file finds it gone, below
+    os.close(fd)
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold an output's lock while its writer runs (released at the end, unless held before)."""
+    key = Path(path).resolve()
+    held = key in _outputs
+    lock_output(path)
+    try:
+        yield
+    finally:
+        if not held and key in _outputs:
+            _release(key)
 
 
 def _acquire(lock: Path, refusal: str) -> int:

@@ -1,13 +1,13 @@
 """A unigram baseline: the floor a trained model has to beat.
 
-Counts are taken over exactly the targets the training loop predicts (`pnlm.loop.shifted`): every
+Counts are taken over exactly the targets the training loop predicts (`pnlm.training.batches.shifted`): every
 token of a window except its first, padding never counted. Probabilities use add-one (Laplace)
 smoothing over the whole vocabulary, so a token never seen in training has a finite NLL:
 
     p(t) = (count(t) + 1) / (N + V)
 
 The mean NLL per target token on a split is therefore directly comparable, token for token, with
-`pnlm.loop.evaluate` on the same split. Stores are read in chunks of windows (memory-mapped), never
+`pnlm.training.evaluation.evaluate` on the same split. Stores are read in chunks of windows (memory-mapped), never
 loaded whole.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.loop import shifted
+from pnlm.training.batches import shifted
 
 CHUNK_TOKENS = 1 << 22  # tokens read at a time
 
@@ -28,7 +28,7 @@ def target_counts(store: TokenStore, split: str, chunk_tokens: int = CHUNK_TOKEN
     """How often each token id is a target in the split: int64 (vocab_size,).
 
     Reads the split in batches of windows through the loop's own `shifted`, so the targets are those
-    `pnlm.loop.evaluate` scores."""
+    `pnlm.training.evaluation.evaluate` scores."""
     counts = np.zeros(store.vocab_size, dtype=np.int64)
     windows_per_chunk = max(1, chunk_tokens // max(store.context, 1))
     for tokens, lengths in store.iter_batches(split, windows_per_chunk, shuffle=False):
@@ -62,7 +62,7 @@ class Unigram:
         return np.log(self.tokens + self.vocab_size) - np.log(self.counts + 1.0)
 
     def nll(self, store: TokenStore, split: str) -> tuple[float, int]:
-        """Mean NLL per target token of the split, and the number of targets (as `pnlm.loop.evaluate`)."""
+        """Mean NLL per target token of the split, and the number of targets (as `pnlm.training.evaluation.evaluate`)."""
         if store.tokenizer_sha256 != self.tokenizer_sha256:
             raise PnlmError(f"{store.path}: prepared with another tokenizer than the unigram model's ({self.source})")
         if store.vocab_size != self.vocab_size:

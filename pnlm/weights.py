@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from pnlm.errors import CheckpointError
 from pnlm.spec import ModelSpec
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}  # the dtypes pnlm reads, and their bytes
 
 
 def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -95,25 +98,18 @@ def check_shapes(shapes: dict[str, tuple[int, ...]], spec: ModelSpec, source: st
 
 
 def save_safetensors(weights: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write float32 tensors in the safetensors layout, fsynced (the caller renames it into place)."""
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    offset = 0
-    arrays = []
-    for name in sorted(weights):
-        array = np.ascontiguousarray(weights[name], dtype=np.float32)
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        arrays.append(array)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for array in arrays:
-            f.write(memoryview(array).cast("B"))
-        f.flush()
+    """Write float32 tensors with the safetensors library, fsynced (the caller renames it into place)."""
+    try:
+        save_file({name: np.ascontiguousarray(array, dtype=np.float32) for name, array in weights.items()},
+                  str(path), metadata=metadata)
+    except SafetensorError as exc:
+        # The library reports the system's refusal (disk full, file too large) in its own error: give it back
+        # as the OSError it is, which the atomic writer turns into one line that keeps the previous output.
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+    with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
 
@@ -137,15 +133,15 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
     header.pop("__metadata__", None)
     data_start, data_size = 8 + length, size - 8 - length
     for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name}: dtype must be one of {', '.join(_DTYPES)}")
+        if not isinstance(entry, dict) or entry.get("dtype") not in _ITEMSIZE:
+            raise CheckpointError(f"{path}: tensor {name}: dtype must be one of {', '.join(_ITEMSIZE)}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if (not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)):
             raise CheckpointError(f"{path}: tensor {name}: malformed shape or data_offsets")
         begin, end = offsets
-        itemsize = _DTYPES[entry["dtype"]][1]
+        itemsize = _ITEMSIZE[entry["dtype"]]
         # math.prod on Python ints: an int64 product of [2**32, 2**32] wraps to 0, and 2**64 overflows numpy.
         if not 0 <= begin <= end <= data_size or end - begin != math.prod(shape) * itemsize:
             raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets} do not fit shape {shape} "
@@ -154,19 +150,24 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
 
 
 def load_safetensors(path: str | Path, spec: ModelSpec | None = None) -> dict[str, np.ndarray]:
-    """float32 numpy arrays by name; with a spec, names and shapes are checked before any read."""
+    """float32 numpy arrays by name, read with the safetensors library once the header passed the checks
+    it does not make (read_safetensors_header); with a spec, names and shapes are checked before any read.
+    bfloat16 tensors, which numpy cannot hold, are widened from their bytes here (no torch needed)."""
     path = Path(path)
     header, data_start = read_safetensors_header(path)
     if spec is not None:
         check_shapes({name: tuple(entry["shape"]) for name, entry in header.items()}, spec, str(path))
     weights = {}
-    with open(path, "rb") as f:
-        for name, entry in header.items():
-            dtype, _ = _DTYPES[entry["dtype"]]
-            begin, end = entry["data_offsets"]
-            f.seek(data_start + begin)
-            array = np.fromfile(f, dtype=dtype, count=(end - begin) // dtype().itemsize).reshape(entry["shape"])
-            if entry["dtype"] == "BF16":
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            weights[name] = array.astype(np.float32, copy=False)
+    try:
+        with safe_open(str(path), framework="numpy") as tensors, open(path, "rb") as raw:
+            for name, entry in header.items():
+                if entry["dtype"] == "BF16":
+                    begin, end = entry["data_offsets"]
+                    raw.seek(data_start + begin)
+                    bits = np.fromfile(raw, dtype=np.uint16, count=(end - begin) // 2).reshape(entry["shape"])
+                    weights[name] = (bits.astype(np.uint32) << 16).view(np.float32)
+                else:
+                    weights[name] = tensors.get_tensor(name).astype(np.float32, copy=False)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file: {exc}") from None
     return weights

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_DATA
 
-from pnlm.cluster import (
+from pnlm.clustering import (
     assign_clusters,
     cluster_histogram,
     entropy,
@@ -24,7 +24,7 @@ from pnlm.cluster import (
     top_share,
     window_texts,
 )
-from pnlm.cluster import embed as cluster_embed
+from pnlm.clustering import embed as cluster_embed
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.data.store import TokenStore

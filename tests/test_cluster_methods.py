@@ -13,7 +13,7 @@ import pytest
 
 from conftest import SAMPLE_DATA, kill_after_first_checkpoint
 from pnlm.checkpoint import load_checkpoint
-from pnlm.cluster import assign_clusters, fit_clusters
+from pnlm.clustering import assign_clusters, fit_clusters
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.data.samplers import RoutedSampler, UniformSampler
@@ -150,8 +150,8 @@ def test_mixture_experts_shared_out_over_torchrun_ranks(tmp_path, corpus):
 
 
 def test_importance_sampling_follows_the_domain_histogram(tmp_path, corpus):
-    from pnlm.cluster.histogram import cluster_histogram
-    from pnlm.data.samplers import ImportanceSampler
+    from pnlm.clustering.histogram import cluster_histogram
+    from pnlm.methods.importance import ImportanceSampler
 
     generic, domain, clusters = corpus
     target = cluster_histogram(domain.cluster_ids("train"), 2)

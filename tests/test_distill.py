@@ -12,7 +12,7 @@ from conftest import SAMPLE_DATA
 from pnlm.backends import make_train_step
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
-from pnlm.distill import DistillSpec, LiveTeacher, distill_loss, write_teacher_cache
+from pnlm.methods.distillation import DistillSpec, LiveTeacher, distill_loss, write_teacher_cache
 from pnlm.spec import OptimizerSpec
 from pnlm.weights import init_weights
 
@@ -40,7 +40,7 @@ def test_loss_equals_the_numpy_oracle(tiny_spec, backend):
     logits = student.log_probs(inputs)  # log-softmax differs from the logits by a constant per position
     for indices, logprobs in ((None, teacher), (top, np.take_along_axis(teacher, top, -1))):
         expected = distill_loss(logits, targets, mask, logprobs, indices, SPEC)
-        assert student(inputs, targets, mask, teacher=(indices, logprobs)) == pytest.approx(expected, abs=1e-5)
+        assert student(inputs, targets, mask, soft_targets=(indices, logprobs)) == pytest.approx(expected, abs=1e-5)
     # alpha 0 is plain cross-entropy
     plain = DistillSpec(alpha=0.0, temperature=2.0)
     assert distill_loss(logits, targets, mask, teacher, None, plain) == pytest.approx(
@@ -53,13 +53,13 @@ def test_top_vocabulary_cache_gives_the_live_teachers_loss(tmp_path, store, tiny
     cache = write_teacher_cache(tmp_path / "cache", teacher, store, tiny_spec.vocab_size, "teacher", batch_size=4)
     live = LiveTeacher(teacher)
     rows = np.arange(4)
-    from pnlm.loop import shifted
+    from pnlm.training.batches import shifted
 
     inputs, targets, mask = shifted(*store.batch("train", rows))
     losses = []
     for source in (live, cache):
         student = make_train_step(backend, tiny_spec, init_weights(tiny_spec, 1), OptimizerSpec(lr=1e-3), distill=SPEC)
-        losses.append([student(inputs, targets, mask, teacher=source.soft_targets("train", rows, inputs))
+        losses.append([student(inputs, targets, mask, soft_targets=source.soft_targets("train", rows, inputs))
                        for _ in range(3)])
     assert np.abs(np.array(losses[0]) - np.array(losses[1])).max() < 1e-5
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from fuzzing import FUZZ, Outcomes, cuts, edits, json_values, mutate, resealed, safetensors_bytes
 from pnlm.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
 from pnlm.checkpoint import ModelWriter, load_checkpoint, save_checkpoint
-from pnlm.experts import read_mix_file, write_mix_file
+from pnlm.methods.mixture import read_mix_file, write_mix_file
 from pnlm.hf import export_hf, import_hf
 from pnlm.lora import LoraSpec, init_adapters
 from pnlm.run_identity import check_same_run

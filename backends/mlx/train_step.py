@@ -12,9 +12,9 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
-from pnlm.distill import DistillSpec
-from pnlm.errors import BackendError
-from pnlm.loop import PRECISIONS, micro_batch_rows
+from pnlm.losses import DistillSpec
+from pnlm.training.batches import micro_batch_rows
+from pnlm.training.step import batch_arrays, check_precision
 from pnlm.projection import expert_indices, group_rows
 from pnlm.spec import OptimizerSpec
 
@@ -25,8 +25,7 @@ class TrainStep:
 
     def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
                  distill: DistillSpec | None = None) -> None:
-        if precision not in PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         self.model = model
         self.spec = optimizer
         self.precision = precision
@@ -129,18 +128,20 @@ class TrainStep:
         self.optimizer.learning_rate = lr
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | np.ndarray | None = None, teacher: tuple | None = None) -> float:
+                 micro_batches: int = 1, expert: int | np.ndarray | None = None,
+                 soft_targets: tuple | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
         for the same update with less memory. expert (projected networks): the cluster of every row, or
         one cluster per row (batch,).
-        teacher: (indices or None, log-probabilities) of the teacher for distillation (pnlm/distill.py).
+        soft_targets: a teacher's (indices or None, log-probabilities), for a step built with the distillation
+        loss (pnlm/losses.py).
         Return the loss before the update."""
         self.model.train()
         x, y, m = _arrays(inputs, targets, mask)
         soft: tuple = ()
-        if teacher is not None:  # (indices,) log-probabilities; no indices for whole distributions
-            indices, logprobs = teacher
+        if soft_targets is not None:  # (indices,) log-probabilities; no indices for whole distributions
+            indices, logprobs = soft_targets
             soft = (() if indices is None else (mx.array(indices.astype(np.int32)),)) + (
                 mx.array(logprobs.astype(np.float32)),)
         if micro_batches == 1:
@@ -221,5 +222,5 @@ def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[mx.array, mx.a
 
 
 def _arrays(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> tuple[mx.array, mx.array, mx.array]:
-    mask = np.ones(targets.shape, dtype=np.float32) if mask is None else mask.astype(np.float32)
+    inputs, targets, mask = batch_arrays(inputs, targets, mask)
     return mx.array(inputs.astype(np.int32)), mx.array(targets.astype(np.int32)), mx.array(mask)

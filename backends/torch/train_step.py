@@ -13,9 +13,10 @@ from torch.nn.parallel import DistributedDataParallel
 from pnlm.backends.torch.distributed import (all_reduce_sum, gather_optimizer_state, gather_weights, init_distributed,
                                              rank_rows, scatter_optimizer_state, scatter_weights, shard_model)
 from pnlm.backends.torch.model import Transformer
-from pnlm.distill import DistillSpec
+from pnlm.losses import DistillSpec
 from pnlm.errors import BackendError
-from pnlm.loop import PRECISIONS, micro_batch_rows
+from pnlm.training.batches import micro_batch_rows
+from pnlm.training.step import batch_arrays, check_precision
 from pnlm.projection import rows_by_expert
 from pnlm.spec import OptimizerSpec
 
@@ -31,9 +32,7 @@ class TrainStep:
         self.distill = distill
         self.spec = optimizer
         self.device = next(model.parameters()).device
-        if precision not in PRECISIONS:
-            raise BackendError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-        self.precision = precision
+        self.precision = check_precision(precision)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -78,7 +77,7 @@ class TrainStep:
     def token_nll(self, inputs: torch.Tensor, targets: torch.Tensor, network: torch.nn.Module | None = None,
                   expert=None, teacher: tuple | None = None) -> torch.Tensor:
         """Each target's loss: its NLL, or with a teacher (indices or None, log-probabilities) the
-        distillation loss of pnlm/distill.py."""
+        distillation loss of pnlm/losses.py."""
         logits = (self.model if network is None else network)(inputs, expert=expert).float()
         nll = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
                               reduction="none").view(targets.shape)
@@ -102,10 +101,10 @@ class TrainStep:
             logits = self.model(x, expert=self._experts(expert)).float()
         return F.log_softmax(logits, dim=-1).cpu().numpy()
 
-    def _teacher_tensors(self, teacher: tuple | None) -> tuple | None:
-        if teacher is None:
+    def _soft_tensors(self, soft_targets: tuple | None) -> tuple | None:
+        if soft_targets is None:
             return None
-        indices, logprobs = teacher
+        indices, logprobs = soft_targets
         indices = None if indices is None else torch.from_numpy(np.ascontiguousarray(indices, np.int64)).to(self.device)
         return indices, torch.from_numpy(np.ascontiguousarray(logprobs, np.float32)).to(self.device)
 
@@ -116,22 +115,23 @@ class TrainStep:
         return torch.from_numpy(np.asarray(expert, dtype=np.int64).reshape(-1)).to(self.device)
 
     def _tensors(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None):
-        mask = np.ones(targets.shape, dtype=np.float32) if mask is None else mask.astype(np.float32)
         return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-                     for a in (inputs.astype(np.int64), targets.astype(np.int64), mask))
+                     for a in batch_arrays(inputs, targets, mask))
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | np.ndarray | None = None, teacher: tuple | None = None) -> float:
+                 micro_batches: int = 1, expert: int | np.ndarray | None = None,
+                 soft_targets: tuple | None = None) -> float:
         """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
         for the same update with less memory. expert (projected networks): the cluster of every row, or
         one cluster per row (batch,).
-        teacher: (indices or None, log-probabilities) of the teacher for distillation (pnlm/distill.py).
+        soft_targets: a teacher's (indices or None, log-probabilities), for a step built with the distillation
+        loss (pnlm/losses.py).
         Return the loss before the update."""
         self.model.train()
-        inputs, targets, mask, expert, teacher = rows_by_expert(inputs, targets, mask, expert, teacher)
+        inputs, targets, mask, expert, soft_targets = rows_by_expert(inputs, targets, mask, expert, soft_targets)
         x, y, m = self._tensors(inputs, targets, mask)
-        soft = self._teacher_tensors(teacher)
+        soft = self._soft_tensors(soft_targets)
         experts = self._experts(expert)
         per_row = torch.is_tensor(experts)
         count = m.sum().clamp(min=1.0)

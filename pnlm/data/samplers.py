@@ -9,6 +9,7 @@ so a resumed run sees exactly the batches an uninterrupted one would have.
   batches, and the batches of all clusters are shuffled together: each window is seen once per
   epoch, and a cluster's share of the steps is its share of the windows.
 - ExpertSampler: only the windows of one cluster (the hard mixture's expert i).
+(The importance sampler of SLM-is lives with its method, pnlm/methods/importance.py.)
 Each yields, for evaluation, (indices, expert) groups over a split.
 """
 
@@ -57,7 +58,7 @@ def ordered_groups(store: TokenStore, split: str, batch_size: int) -> Iterator[t
         yield np.arange(start, min(start + batch_size, windows)), None
 
 
-def _labels(store: TokenStore, split: str, k: int) -> np.ndarray:
+def cluster_labels(store: TokenStore, split: str, k: int) -> np.ndarray:
     labels = store.cluster_ids(split)
     if labels is None:
         raise PnlmError(f"{store.path}: the {split} split has no cluster labels; run `pnlm data cluster` "
@@ -70,7 +71,7 @@ def _labels(store: TokenStore, split: str, k: int) -> np.ndarray:
 def cluster_groups(store: TokenStore, split: str, batch_size: int, k: int) -> Iterator[tuple[np.ndarray, int]]:
     """A split's windows by cluster, in batches of one cluster each (evaluation of a projected network:
     each cluster's windows by its own expert)."""
-    labels = _labels(store, split, k)
+    labels = cluster_labels(store, split, k)
     for cluster in range(k):
         members = np.flatnonzero(labels == cluster)
         for start in range(0, len(members), batch_size):
@@ -82,7 +83,7 @@ class RoutedSampler(UniformSampler):
 
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int) -> None:
         super().__init__(store, batch_size, seed)
-        self.k, self.labels = k, _labels(store, "train", k)
+        self.k, self.labels = k, cluster_labels(store, "train", k)
 
     def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         indices, _ = super().train_batch(step)
@@ -97,7 +98,7 @@ class ClusterSampler:
 
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int) -> None:
         self.store, self.batch_size, self.seed, self.k = store, batch_size, seed, k
-        labels = _labels(store, "train", k)
+        labels = cluster_labels(store, "train", k)
         self.members = [np.flatnonzero(labels == c) for c in range(k)]
         self.batches_per_epoch = sum(-(-len(m) // batch_size) for m in self.members)
         if not self.batches_per_epoch:
@@ -134,7 +135,7 @@ class ExpertSampler:
 
     def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int, cluster: int) -> None:
         self.store, self.batch_size, self.seed, self.k, self.cluster = store, batch_size, seed, k, cluster
-        self.members = np.flatnonzero(_labels(store, "train", k) == cluster)
+        self.members = np.flatnonzero(cluster_labels(store, "train", k) == cluster)
         if not len(self.members):
             raise PnlmError(f"{store.path}: cluster {cluster} has no train windows")
 
@@ -142,47 +143,6 @@ class ExpertSampler:
         return self.members[batch_indices(step, self.batch_size, len(self.members), self.seed)], None
 
     def eval_groups(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, None]]:
-        members = np.flatnonzero(_labels(self.store, split, self.k) == self.cluster)
+        members = np.flatnonzero(cluster_labels(self.store, split, self.k) == self.cluster)
         for start in range(0, len(members), batch_size):
             yield members[start:start + batch_size], None
-
-
-class ImportanceSampler:
-    """Generic windows drawn with replacement with probability ∝ w(c) = p_domain(c) / p_generic(c) of their
-    cluster c (SLM-is): the resampled set's cluster histogram is the domain's. Drawing a cluster with
-    probability p_domain(c), then one of its windows uniformly, is the same distribution, and is what
-    step s does with a generator seeded by (seed, s): no weight table, and any step can be drawn alone.
-    Evaluation: the windows in order (the domain's own valid split is the usual target)."""
-
-    name = "importance"
-
-    def __init__(self, store: TokenStore, batch_size: int, seed: int, k: int, domain_histogram: np.ndarray) -> None:
-        from pnlm.cluster.histogram import cluster_histogram, importance_weights
-
-        self.store, self.batch_size, self.seed = store, batch_size, seed
-        self.labels = labels = _labels(store, "train", k)
-        self.generic_histogram = cluster_histogram(labels, k)
-        self.domain_histogram = np.asarray(domain_histogram, dtype=np.float64)
-        self.weights = importance_weights(self.domain_histogram, self.generic_histogram)  # refuses uncovered clusters
-        self.members = [np.flatnonzero(labels == c) for c in range(k)]
-        self.cumulative = np.cumsum(self.domain_histogram / self.domain_histogram.sum())
-
-    def train_batch(self, step: int) -> tuple[np.ndarray, None]:
-        rng = np.random.default_rng([self.seed, step])
-        clusters = np.minimum(np.searchsorted(self.cumulative, rng.random(self.batch_size), side="right"),
-                              len(self.cumulative) - 1)
-        picks = [self.members[c][rng.integers(len(self.members[c]))] for c in clusters]
-        return np.array(picks, dtype=np.int64), None
-
-    def eval_groups(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, None]]:
-        return ordered_groups(self.store, split, batch_size)
-
-    def effective_sample_size(self) -> float:
-        """(Σ w_i)² / Σ w_i² over the generic train windows: how many windows the resampled set is worth."""
-        counts = np.array([len(m) for m in self.members], dtype=np.float64)
-        return float((counts @ self.weights) ** 2 / (counts @ self.weights ** 2))
-
-    def sampled_histogram(self, steps: int) -> np.ndarray:
-        """The cluster histogram of the windows the first `steps` steps draw."""
-        drawn = np.concatenate([self.labels[self.train_batch(s)[0]] for s in range(steps)])
-        return np.bincount(drawn, minlength=len(self.domain_histogram)) / len(drawn)

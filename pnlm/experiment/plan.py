@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from pnlm.errors import PnlmError
+from pnlm.methods import METHODS as REGISTRY
 from pnlm.spec import PRESETS, ModelSpec, SpecError
 
 try:
@@ -54,7 +55,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-METHODS = ("slm", "llm", "nopt", "distill", "mix", "pn", "is")
+METHODS = tuple(REGISTRY)  # the order the work depends on: pnlm/methods/__init__.py
 BACKENDS = ("torch", "cuda", "mlx")
 MAX_PLAN_BYTES = 1 << 20
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch

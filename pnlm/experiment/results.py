@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pnlm.errors import PnlmError
+from pnlm.methods import METHODS
 
-METHOD_ORDER = ("slm", "llm", "nopt", "distill", "mix", "pn", "is")
+METHOD_ORDER = tuple(METHODS)  # the registry's order (pnlm/methods/__init__.py)
 RESULT_TYPES = {"method": str, "budget_steps": int, "domain": str, "domain_tokens": int, "train_tokens": int,
                 "params_pretrain": int, "params_inference": int, "pretrained_ppl": float, "finetuned_ppl": float,
                 "finetune_steps": int, "generic_flops": float, "specialization_flops": float}

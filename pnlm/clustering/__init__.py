@@ -5,12 +5,13 @@ ratio of histograms weights importance sampling, and concentration (top share, e
 whether specialization by cluster can help.
 """
 
-from pnlm.cluster.clusters import Clusters, FitResult, assign_clusters, fit_clusters, load_clusters
-from pnlm.cluster.embed import (DEFAULT_BATCH_SIZE, Embedder, ProgressFn, embed_windows, native_bfloat16,
+from pnlm.backend_loader import native_bfloat16
+from pnlm.clustering.clusters import Clusters, FitResult, assign_clusters, fit_clusters, load_clusters
+from pnlm.clustering.embed import (DEFAULT_BATCH_SIZE, Embedder, ProgressFn, embed_windows,
                                 resolve_embedder, window_texts)
-from pnlm.cluster.histogram import (cluster_counts, cluster_histogram, entropy, histogram_report,
+from pnlm.clustering.histogram import (cluster_counts, cluster_histogram, entropy, histogram_report,
                                     importance_weights, top_share)
-from pnlm.cluster.kmeans import kmeans, nearest_centroid
+from pnlm.clustering.kmeans import kmeans, nearest_centroid
 
 __all__ = [
     "Clusters", "FitResult", "assign_clusters", "fit_clusters", "load_clusters",

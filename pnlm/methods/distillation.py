@@ -8,13 +8,13 @@ student on the same backend (LiveTeacher: its whole distribution) or its top-k l
 computed once and cached on disk (TeacherCache): the KL then runs over those k tokens, the teacher's
 tempered distribution renormalized over them, which is the exact KL when k is the vocabulary.
 
-The numpy `distill_loss` is the oracle both backends' losses are tested against.
+The loss's settings and its numpy oracle (`distill_loss`, which both backends' losses are tested against)
+are in pnlm/losses.py, which the backends build their train step with.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +24,11 @@ from pnlm.atomic import atomic_dir
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.json_object import read_json_object
+from pnlm.losses import DistillSpec, distill_loss, kl_to_teacher
+
+__all__ = ["DistillSpec", "distill_loss", "LiveTeacher", "TeacherCache", "write_teacher_cache", "teacher_kl", "distill"]
 
 CACHE_META = "teacher_cache.json"
-
-
-@dataclass(frozen=True)
-class DistillSpec:
-    alpha: float = 0.5
-    temperature: float = 2.0
-
-    def validate(self) -> "DistillSpec":
-        if not 0.0 <= self.alpha <= 1.0:
-            raise PnlmError(f"--alpha must be between 0 and 1, got {self.alpha}")
-        if not self.temperature > 0:
-            raise PnlmError(f"--temperature must be positive, got {self.temperature}")
-        return self
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def _kl_to_teacher(student_logits: np.ndarray, teacher_logprobs: np.ndarray, teacher_indices: np.ndarray | None,
-                   temperature: float) -> np.ndarray:
-    """KL(teacher_T ‖ student_T) per position, over the teacher's tokens (renormalized), in float64."""
-    student = _log_softmax(student_logits.astype(np.float64) / temperature)
-    if teacher_indices is not None:
-        student = np.take_along_axis(student, teacher_indices, -1)
-    teacher = _log_softmax(np.asarray(teacher_logprobs, dtype=np.float64) / temperature)
-    return (np.exp(teacher) * (teacher - student)).sum(-1)
-
-
-def distill_loss(student_logits: np.ndarray, targets: np.ndarray, mask: np.ndarray, teacher_logprobs: np.ndarray,
-                 teacher_indices: np.ndarray | None, spec: DistillSpec) -> float:
-    """The loss above, in float64, for logits (B, T, V), targets and mask (B, T), and the teacher's
-    log-probabilities (B, T, K) of the tokens teacher_indices (B, T, K) (None: all V, in order)."""
-    logits = student_logits.astype(np.float64)
-    ce = -np.take_along_axis(_log_softmax(logits), targets[..., None], -1)[..., 0]
-    kl = _kl_to_teacher(logits, teacher_logprobs, teacher_indices, spec.temperature)
-    per_token = (1 - spec.alpha) * ce + spec.alpha * spec.temperature ** 2 * kl
-    return float((per_token * mask).sum() / max(mask.sum(), 1.0))
 
 
 class LiveTeacher:
@@ -75,6 +39,9 @@ class LiveTeacher:
 
     def soft_targets(self, split: str, indices: np.ndarray, inputs: np.ndarray) -> tuple[None, np.ndarray]:
         return None, self.step_fn.log_probs(inputs)
+
+    def validation_kl(self, student: Any, store: TokenStore, split: str, batch_size: int, max_batches: int = 0) -> float:
+        return teacher_kl(student, self, store, split, batch_size, max_batches)
 
 
 class TeacherCache:
@@ -118,6 +85,9 @@ class TeacherCache:
         length = inputs.shape[1]
         return np.asarray(top[indices, :length]), np.asarray(logprobs[indices, :length])
 
+    def validation_kl(self, student: Any, store: TokenStore, split: str, batch_size: int, max_batches: int = 0) -> float:
+        return teacher_kl(student, self, store, split, batch_size, max_batches)
+
 
 def write_teacher_cache(path: str | Path, teacher_step_fn: Any, store: TokenStore, k: int, teacher: str,
                         batch_size: int = 8, splits: tuple[str, ...] = ("train",)) -> TeacherCache:
@@ -153,7 +123,7 @@ def teacher_kl(step_fn: Any, teacher: Any, store: TokenStore, split: str, batch_
     """Mean KL(teacher ‖ student) per target token at temperature 1 over a split (over the teacher's
     top-k when cached): how far the student still is from the teacher."""
     from pnlm.data.samplers import ordered_groups
-    from pnlm.loop import shifted
+    from pnlm.training.batches import shifted
 
     total, count = 0.0, 0.0
     for n, (rows, _) in enumerate(ordered_groups(store, split, batch_size)):
@@ -161,8 +131,62 @@ def teacher_kl(step_fn: Any, teacher: Any, store: TokenStore, split: str, batch_
             break
         inputs, _, mask = shifted(*store.batch(split, rows))
         indices, teacher_logprobs = teacher.soft_targets(split, rows, inputs)
-        kl = _kl_to_teacher(step_fn.log_probs(inputs), teacher_logprobs, indices, 1.0)
+        kl = kl_to_teacher(step_fn.log_probs(inputs), teacher_logprobs, indices, 1.0)
         total, count = total + float((kl * mask).sum()), count + float(mask.sum())
     if not count:
         raise PnlmError(f"{store.path}: the {split} split has no tokens to compare student and teacher on")
     return total / count
+
+
+def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str | Path, *, backend: str = "torch",
+            alpha: float = 0.5, temperature: float = 2.0, cache_top_k: int = 0, steps: int = 1000,
+            batch_size: int = 8, lr: float = 1e-4 / 3, eval_every: int = 50, eval_batches: int = 0,
+            patience: int = 3, early_stop: bool = True, precision: str | None = None, checkpoint_every: int = 0,
+            seed: int = 0, resume: bool = False, progress: Any = None) -> Any:
+    """SLM-d: fine-tune the student on the domain's store with (1 − α)·CE + α·T²·KL(teacher_T ‖ student_T).
+    The teacher runs beside the student on the same backend, or (cache_top_k > 0) once, its top-k
+    log-probabilities cached in RUN/teacher-cache. Returns the run's TrainSummary (pnlm.training.runs)."""
+    from pnlm.backend_loader import make_train_step
+    from pnlm.checkpoint import load_checkpoint, weights_sha256
+    from pnlm.inference import refuse_projected
+    from pnlm.training.loop import TrainConfig
+    from pnlm.memory import check_fits, training_estimate
+    from pnlm.training.runs import default_precision, open_run, run_training
+    from pnlm.spec import OptimizerSpec
+
+    out = open_run(out, resume, [teacher, student, data])
+    spec = DistillSpec(alpha=alpha, temperature=temperature).validate()
+    teacher_ckpt, student_ckpt = load_checkpoint(teacher), load_checkpoint(student)
+    refuse_projected(teacher_ckpt.spec, teacher)
+    refuse_projected(student_ckpt.spec, student)
+    store = TokenStore(data)
+    for path, ckpt in ((teacher, teacher_ckpt), (student, student_ckpt)):
+        if ckpt.tokenizer.sha256 != store.tokenizer_sha256:
+            raise PnlmError(f"{data}: prepared with another tokenizer than {path}'s")
+    config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr), cosine=False,
+                         eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
+                         checkpoint_every=checkpoint_every, seed=seed).validate()
+    precision = default_precision(precision, backend)
+    check_fits(training_estimate(student_ckpt.spec, batch_size, store.context, loaded=True)
+               + training_estimate(teacher_ckpt.spec, batch_size, store.context, trainable=0, loaded=True),
+               f"distilling {teacher} into {student}", backend, "use a smaller --batch-size")
+    teacher_step = make_train_step(backend, teacher_ckpt.spec, teacher_ckpt.weights, OptimizerSpec(),
+                                   precision=precision)
+    source: Any = LiveTeacher(teacher_step)
+    if cache_top_k:
+        cache = out / "teacher-cache"
+        if (cache / CACHE_META).is_file():
+            source = TeacherCache(cache, store)
+        else:
+            splits = tuple(s for s in ("train", "valid") if store.num_windows(s))
+            source = write_teacher_cache(cache, teacher_step, store, cache_top_k, str(teacher), batch_size, splits)
+        if source.meta["k"] != cache_top_k:
+            raise PnlmError(f"{cache}: holds the top {source.meta['k']}, not {cache_top_k}; remove it or match it")
+        del teacher_step  # the cache replaces the teacher
+    step_fn = make_train_step(backend, student_ckpt.spec, student_ckpt.weights, config.optimizer, precision=precision,
+                              distill=spec)
+    details = {"alpha": alpha, "temperature": temperature, "teacher": str(teacher),
+               "teacher_source": f"cache top-{cache_top_k}" if cache_top_k else "live"}
+    return run_training(step_fn, student_ckpt.spec, student_ckpt.tokenizer, store, config, out, resume, "slm-d",
+                        progress, teacher=source, started_from={"teacher_sha256": weights_sha256(teacher)},
+                        details=details)

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from pnlm.atomic import atomic_dir
-from pnlm.cluster.embed import (DEFAULT_BATCH_SIZE, Embedder, ProgressFn, as_store, as_tokenizer, check_tokenizer,
+from pnlm.clustering.embed import (DEFAULT_BATCH_SIZE, Embedder, ProgressFn, as_store, as_tokenizer, check_tokenizer,
                                 embed_store, resolve_embedder)
-from pnlm.cluster.histogram import histogram_report
-from pnlm.cluster.kmeans import N_INIT, fit_sample, kmeans, nearest_centroid
+from pnlm.clustering.histogram import histogram_report
+from pnlm.clustering.kmeans import N_INIT, fit_sample, kmeans, nearest_centroid
 from pnlm.data.store import TokenStore
 from pnlm.errors import InputError
 from pnlm.tokenizer import Tokenizer, file_sha256, load_tokenizer

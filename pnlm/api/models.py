@@ -1,0 +1,145 @@
+"""Models as folders: a random initialization, the plain SLM a domain gets from a projected network or a
+hard mixture, LoRA adapters fused into their base, the Hugging Face Llama format both ways, and what a
+model is (parameter counts at pretraining and at inference, the paper's table 1).
+
+Each writer refuses an `out` that holds anything pnlm did not write (and pnlm's own output unless
+overwrite=True), and writes it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pnlm.adapter_checkpoint import fuse_checkpoint
+from pnlm.checkpoint import read_spec, save_checkpoint, verify_checkpoint
+from pnlm.errors import PnlmError
+from pnlm.experts import Instantiated
+from pnlm.hf import export_hf as write_hf, import_hf as read_hf
+from pnlm.memory import check_fits, init_estimate
+from pnlm.methods import mixture, projected
+from pnlm.outputs import CHECKPOINT, writing_output
+from pnlm.spec import ModelSpec, load_spec
+from pnlm.tokenizer import load_tokenizer
+from pnlm.weights import init_weights
+
+PathLike = str | Path
+
+
+@dataclass
+class InitResult:
+    out: Path
+    spec: ModelSpec
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out), "params_inference": self.spec.params_inference(),
+                "vocab_size": self.spec.vocab_size}
+
+
+def init(model: PathLike, tokenizer: PathLike, out: PathLike, *, seed: int = 0, overwrite: bool = False) -> InitResult:
+    """A randomly initialized checkpoint of a preset or spec.toml (weights drawn in numpy: the same seed
+    gives the same model on every backend); its vocabulary is the tokenizer's."""
+    with writing_output(out, CHECKPOINT, overwrite, [tokenizer]):
+        tok = load_tokenizer(tokenizer)
+        spec = load_spec(str(model)).with_vocab(tok.vocab_size)
+        check_fits(init_estimate(spec), f"--model {model}", advice="choose a smaller model")
+        save_checkpoint(out, spec, init_weights(spec, seed), tok, extra={"seed": seed})
+    return InitResult(Path(out), spec)
+
+
+@dataclass
+class InstantiateResult:
+    out: Path
+    instantiated: Instantiated
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Which expert, why (the domain's histogram, top cluster, share, entropy), from which run."""
+        return self.instantiated.report
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.report, "out": str(self.out), "params": self.instantiated.spec.params_inference()}
+
+
+def instantiate(run: PathLike, out: PathLike, *, domain: PathLike | None = None, expert: str | int = "auto",
+                overwrite: bool = False) -> InstantiateResult:
+    """The plain SLM a domain gets from a projected-network or hard-mixture run, written as an ordinary
+    checkpoint to fine-tune: expert "auto" (the domain's most frequent cluster), an index, or "histogram"
+    (a projected network's experts mixed by the domain's histogram, E_p = p @ E)."""
+    run = Path(run)
+    with writing_output(out, CHECKPOINT, overwrite, [run, domain]):
+        module = mixture if (run / mixture.MIX_FILE).is_file() else projected
+        chosen = module.instantiate(run, domain, str(expert))
+        save_checkpoint(out, chosen.spec, chosen.weights, chosen.tokenizer, chosen.method,
+                        extra={"instantiated_from": chosen.report})
+    return InstantiateResult(Path(out), chosen)
+
+
+def fuse(adapters: PathLike, out: PathLike, *, base: PathLike | None = None, overwrite: bool = False) -> Path:
+    """LoRA adapters merged into their base: a plain checkpoint, W + (alpha/rank)·B·A in every adapted layer.
+    base: the base checkpoint, if it moved since training."""
+    with writing_output(out, CHECKPOINT, overwrite, [adapters, base]):
+        return fuse_checkpoint(adapters, out, base)
+
+
+def export_hf(checkpoint: PathLike, out: PathLike) -> Path:
+    """A plain checkpoint as a Hugging Face Llama folder (transformers, mlx-lm). A Hugging Face folder
+    carries no mark of who wrote it: an existing one is never replaced."""
+    with writing_output(out, "Hugging Face folder", False, [checkpoint]):
+        return write_hf(checkpoint, out)
+
+
+def import_hf(folder: PathLike, out: PathLike, *, overwrite: bool = False) -> Path:
+    """A local Hugging Face Llama folder (safetensors, one file or shards, and tokenizer.model) as a
+    pnlm checkpoint."""
+    with writing_output(out, CHECKPOINT, overwrite, [folder]):
+        return read_hf(folder, out)
+
+
+@dataclass
+class ModelInfo:
+    """What a model is: its spec, and its parameters at pretraining and at inference (a projected network
+    trains all its experts' bases and runs one; a mixture of k trains k models and runs one)."""
+
+    spec: ModelSpec
+    params_pretrain: int
+    params_inference: int
+    source: dict[str, Any]  # checkpoint (with its method and tokenizer) or model (a preset or spec file)
+    experts: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.source, "params_pretrain": self.params_pretrain, "params_inference": self.params_inference,
+                "spec": self.spec.to_dict()}
+        if self.experts is not None:
+            data["experts"] = self.experts
+        return data
+
+
+def info(checkpoint: PathLike | None = None, *, model: str | None = None, vocab_size: int | None = None,
+         experts: int | None = None) -> ModelInfo:
+    """Parameter counts and spec of a checkpoint, a mixture run, or a preset/spec.toml (model=), computed
+    without building the model. experts: with model=, a hard mixture of this many copies."""
+    if (checkpoint is None) == (model is None):
+        raise PnlmError("give a checkpoint folder or --model PRESET, not both and not neither")
+    source: dict[str, Any]
+    if checkpoint is not None and (Path(checkpoint) / mixture.MIX_FILE).is_file():
+        description = mixture.read_mix_file(Path(checkpoint))
+        spec, experts = description.spec, description.k
+        source = {"checkpoint": str(checkpoint), "method": "mix"}
+    elif checkpoint is not None:
+        config = verify_checkpoint(checkpoint)
+        spec = read_spec(checkpoint, config)
+        source = {"checkpoint": str(checkpoint), "method": config.get("method"),
+                  "tokenizer_sha256": config.get("tokenizer", {}).get("sha256")}
+    else:
+        spec = load_spec(model)
+        if vocab_size is not None:
+            spec = spec.with_vocab(vocab_size)
+        source = {"model": model}
+    pretrain_params = spec.params_pretrain()
+    if experts is not None:
+        if experts < 1 or spec.projection is not None:
+            raise PnlmError("--experts counts a mixture of plain models: a positive number, and a spec without projection")
+        pretrain_params = experts * spec.params_pretrain()
+    return ModelInfo(spec, pretrain_params, spec.params_inference(), source, experts)

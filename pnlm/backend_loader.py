@@ -1,0 +1,71 @@
+"""The one place the backend-agnostic core reaches a framework, lazily: the backends (pnlm.backends: a
+train step, an inference model), the CUDA device's free memory, and the sentence-transformers model that
+embeds windows for clustering. `import pnlm` needs neither torch nor MLX, and a torch user needs no MLX
+(and the reverse). import-linter holds every other core module to never importing them (.importlinter).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+from pnlm.errors import BackendError, InputError
+
+
+def make_train_step(backend: str, spec: Any, weights: Any, optimizer: Any, **options: Any) -> Any:
+    """A backend's model loaded with canonical weights, and its train step (pnlm.backends.make_train_step)."""
+    from pnlm.backends import make_train_step as make
+
+    return make(backend, spec, weights, optimizer, **options)
+
+
+def load_inference_model(path: Any, backend: str, dtype: str = "float32") -> Any:
+    """A checkpoint loaded for generation on a backend (pnlm.backends.load_inference_model)."""
+    from pnlm.backends import load_inference_model as load
+
+    return load(path, backend, dtype)
+
+
+def cuda_free_bytes() -> int | None:
+    """Free memory of the CUDA device torch trains on; None without torch or a GPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+    except (ImportError, RuntimeError):
+        return None
+    return None
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), where it embeds about twice as fast."""
+    try:
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (ImportError, AttributeError, RuntimeError):
+        return False
+
+
+@lru_cache(maxsize=2)
+def load_sentence_embedder(path: str, precision: str) -> Any:
+    """A sentence-transformers model (the clusters' embedder) on the CPU, offline, in float32 or bfloat16."""
+    # Set before sentence-transformers (and with it huggingface_hub) is imported: never reach the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise BackendError("embedding windows needs sentence-transformers (pip install 'pnlm[data]')") from None
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        import torch
+
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        return SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": dtype})
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"{path}: cannot load the sentence-transformers model: {str(exc).splitlines()[0]}") from None

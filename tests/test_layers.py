@@ -1,0 +1,98 @@
+"""The layers hold: the core imports no framework, backend or CLI (import-linter contracts, .importlinter),
+the backends not each other, nothing imports in a circle; every CLI command is a call of the Python API;
+no module grows past 400 lines."""
+
+import ast
+import inspect
+import shutil
+import subprocess
+import sys
+from configparser import ConfigParser
+from pathlib import Path
+
+import pytest
+import typer
+
+import pnlm
+from pnlm.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).parent / "lint-imports"
+
+
+def installed_layout(target: Path) -> Path:
+    """The package as pip installs it (backends/ and cli/ inside pnlm/), which import-linter reads: the
+    editable install maps them from elsewhere, where it would not look."""
+    for source, dest in (("pnlm", "pnlm"), ("backends", "pnlm/backends"), ("cli", "pnlm/cli")):
+        for file in (ROOT / source).rglob("*.py"):
+            relative = file.relative_to(ROOT / source)
+            if source == "pnlm" and relative.parts[0] in ("backends", "cli"):
+                continue
+            (target / dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target / dest / relative)
+    return target
+
+
+def lint(layout: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT), str(ROOT / ".importlinter")], cwd=layout, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(layout), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def test_the_import_contracts_hold(tmp_path):
+    result = lint(installed_layout(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_a_forbidden_import_breaks_them(tmp_path):
+    layout = installed_layout(tmp_path)
+    spec = layout / "pnlm" / "spec.py"
+    spec.write_text(spec.read_text() + "\nimport torch  # a framework in the core\n")
+    cli_in_backend = layout / "pnlm" / "backends" / "mlx" / "model.py"
+    cli_in_backend.write_text(cli_in_backend.read_text() + "\nimport pnlm.backends.torch.model\n")
+    result = lint(layout)
+    assert result.returncode != 0
+    assert "pnlm.spec is not allowed to import torch" in result.stdout, result.stdout[-3000:]
+    assert "pnlm.backends.mlx is not allowed to import pnlm.backends.torch" in result.stdout
+
+
+def test_every_core_module_is_under_the_contract():
+    config = ConfigParser()
+    config.read(ROOT / ".importlinter")
+    listed = set(config["importlinter:contract:core"]["source_modules"].split())
+    present = {f"pnlm.{p.stem}" for p in (ROOT / "pnlm").glob("*.py") if p.stem != "__init__"}
+    present |= {f"pnlm.{p.name}" for p in (ROOT / "pnlm").iterdir() if (p / "__init__.py").is_file()}
+    assert present - {"pnlm.sample_data"} == listed
+
+
+def commands(group: typer.Typer, prefix: str = "") -> dict[str, object]:
+    found = {f"{prefix}{c.name or c.callback.__name__}": c.callback for c in group.registered_commands}
+    for sub in group.registered_groups:
+        found.update(commands(sub.typer_instance, f"{prefix}{sub.name} "))
+    return found
+
+
+def api_calls(function) -> set[str]:
+    """The pnlm.NAME(...) and pnlm.experiment.NAME(...) calls in a function's body."""
+    calls = set()
+    for node in ast.walk(ast.parse(inspect.getsource(function))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = ast.unparse(node.func.value)
+            if owner in ("pnlm", "pnlm.experiment"):
+                calls.add(f"{owner}.{node.func.attr}")
+    return calls
+
+
+@pytest.mark.parametrize("name, callback", sorted(commands(app).items()))
+def test_every_command_calls_the_python_api(name, callback):
+    calls = api_calls(callback)
+    assert calls, f"`pnlm {name}` calls no function of the Python API"
+    for call in calls:
+        owner, _, attr = call.rpartition(".")
+        assert callable(getattr(pnlm if owner == "pnlm" else pnlm.experiment, attr)), call
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for folder in ("pnlm", "backends", "cli") for p in (ROOT / folder).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
