@@ -15,7 +15,7 @@ import numpy as np
 
 from pnlm.errors import PnlmError
 from pnlm.lora import LoraSpec, fuse
-from pnlm.sampling import Sampler, SamplingConfig
+from pnlm.decoding import SamplingConfig, TokenSampler
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
@@ -128,7 +128,7 @@ class InferenceModel(abc.ABC):
         if total > self.spec.context:
             raise PnlmError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
                             f"context of {self.spec.context}")
-        sampler = Sampler(SamplingConfig(temperature, top_p, seed))
+        sampler = TokenSampler(SamplingConfig(temperature, top_p, seed))
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
         if max_tokens == 0:
             return
@@ -144,7 +144,7 @@ class InferenceModel(abc.ABC):
             if (stop_at_eos and token == self.tokenizer.eos_id) or n == max_tokens - 1:
                 return
 
-    def _tokens(self, prompt_ids: Sequence[int], max_tokens: int, cache: object, sampler: Sampler) -> Iterator[int]:
+    def _tokens(self, prompt_ids: Sequence[int], max_tokens: int, cache: object, sampler: TokenSampler) -> Iterator[int]:
         """New tokens one by one, each chosen by the sampler from the last step's logits. A backend may
         override this (greedily: keep the argmax on its device and overlap the steps)."""
         logits = self._step(prompt_ids, cache)

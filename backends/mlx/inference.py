@@ -13,7 +13,7 @@ from pnlm import inference
 from pnlm.backends.mlx.lora import apply_lora
 from pnlm.backends.mlx.model import KVCache, Transformer
 from pnlm.errors import BackendError
-from pnlm.sampling import Sampler
+from pnlm.decoding import TokenSampler
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
@@ -81,7 +81,7 @@ class InferenceModel(inference.InferenceModel):
         return mx.compile(decode, inputs=self.model.state)
 
     def _tokens(self, prompt_ids: Sequence[int], max_tokens: int, cache: KVCache,
-                sampler: Sampler) -> Iterator[int]:
+                sampler: TokenSampler) -> Iterator[int]:
         """Greedily, the argmax stays in MLX, and step n+1 is queued (async_eval) before step n's token
         is read back: Python's work overlaps the computation. Sampling with a temperature goes through
         the shared numpy sampler, so both backends draw the same tokens."""

@@ -27,7 +27,7 @@ class TrainStep:
                  distill: DistillSpec | None = None) -> None:
         check_precision(precision)
         self.model = model
-        self.spec = optimizer
+        self.optimizer_spec = optimizer
         self.precision = precision
         compute = mx.bfloat16 if precision == "bfloat16" else None
         if compute is not None:
@@ -130,13 +130,7 @@ class TrainStep:
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
                  micro_batches: int = 1, expert: int | np.ndarray | None = None,
                  soft_targets: tuple | None = None) -> float:
-        """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
-        (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
-        for the same update with less memory. expert (projected networks): the cluster of every row, or
-        one cluster per row (batch,).
-        soft_targets: a teacher's (indices or None, log-probabilities), for a step built with the distillation
-        loss (pnlm/losses.py).
-        Return the loss before the update."""
+        """One optimizer step: pnlm.training.step.TrainStep.__call__."""
         self.model.train()
         x, y, m = _arrays(inputs, targets, mask)
         soft: tuple = ()

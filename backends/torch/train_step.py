@@ -30,7 +30,7 @@ class TrainStep:
                  distill: DistillSpec | None = None) -> None:
         self.model = model
         self.distill = distill
-        self.spec = optimizer
+        self.optimizer_spec = optimizer
         self.device = next(model.parameters()).device
         self.precision = check_precision(precision)
         if self.device.type == "cuda":
@@ -121,13 +121,7 @@ class TrainStep:
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
                  micro_batches: int = 1, expert: int | np.ndarray | None = None,
                  soft_targets: tuple | None = None) -> float:
-        """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
-        (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
-        for the same update with less memory. expert (projected networks): the cluster of every row, or
-        one cluster per row (batch,).
-        soft_targets: a teacher's (indices or None, log-probabilities), for a step built with the distillation
-        loss (pnlm/losses.py).
-        Return the loss before the update."""
+        """One optimizer step: pnlm.training.step.TrainStep.__call__."""
         self.model.train()
         inputs, targets, mask, expert, soft_targets = rows_by_expert(inputs, targets, mask, expert, soft_targets)
         x, y, m = self._tensors(inputs, targets, mask)
@@ -157,7 +151,7 @@ class TrainStep:
                 # the summed gradient is that of the global batch's mean loss.
                 (part / count * self.world_size).backward()
             loss_sum += part.detach()
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.spec.clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.optimizer_spec.clip_norm)
         self.optimizer.step()
         return float(all_reduce_sum(loss_sum) / count)
 

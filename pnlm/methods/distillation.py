@@ -21,10 +21,19 @@ from typing import Any
 import numpy as np
 
 from pnlm.atomic import atomic_dir
+from pnlm.backend_loader import make_train_step
+from pnlm.checkpoint import load_checkpoint, weights_sha256
+from pnlm.data.samplers import ordered_groups
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
+from pnlm.inference import refuse_projected
 from pnlm.json_object import read_json_object
 from pnlm.losses import DistillSpec, distill_loss, kl_to_teacher
+from pnlm.memory import check_fits, training_estimate
+from pnlm.spec import OptimizerSpec
+from pnlm.training.batches import shifted
+from pnlm.training.loop import TrainConfig
+from pnlm.training.runs import TrainSummary, default_precision, open_run, run_training
 
 __all__ = ["DistillSpec", "distill_loss", "LiveTeacher", "TeacherCache", "write_teacher_cache", "teacher_kl", "distill"]
 
@@ -122,9 +131,6 @@ def teacher_kl(step_fn: Any, teacher: Any, store: TokenStore, split: str, batch_
                max_batches: int = 0) -> float:
     """Mean KL(teacher ‖ student) per target token at temperature 1 over a split (over the teacher's
     top-k when cached): how far the student still is from the teacher."""
-    from pnlm.data.samplers import ordered_groups
-    from pnlm.training.batches import shifted
-
     total, count = 0.0, 0.0
     for n, (rows, _) in enumerate(ordered_groups(store, split, batch_size)):
         if max_batches and n >= max_batches:
@@ -142,18 +148,11 @@ def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str
             alpha: float = 0.5, temperature: float = 2.0, cache_top_k: int = 0, steps: int = 1000,
             batch_size: int = 8, lr: float = 1e-4 / 3, eval_every: int = 50, eval_batches: int = 0,
             patience: int = 3, early_stop: bool = True, precision: str | None = None, checkpoint_every: int = 0,
-            seed: int = 0, resume: bool = False, progress: Any = None) -> Any:
+            seed: int = 0, resume: bool = False, progress: Any = None) -> TrainSummary | None:
     """SLM-d: fine-tune the student on the domain's store with (1 − α)·CE + α·T²·KL(teacher_T ‖ student_T).
     The teacher runs beside the student on the same backend, or (cache_top_k > 0) once, its top-k
-    log-probabilities cached in RUN/teacher-cache. Returns the run's TrainSummary (pnlm.training.runs)."""
-    from pnlm.backend_loader import make_train_step
-    from pnlm.checkpoint import load_checkpoint, weights_sha256
-    from pnlm.inference import refuse_projected
-    from pnlm.training.loop import TrainConfig
-    from pnlm.memory import check_fits, training_estimate
-    from pnlm.training.runs import default_precision, open_run, run_training
-    from pnlm.spec import OptimizerSpec
-
+    log-probabilities cached in RUN/teacher-cache. Returns the run's TrainSummary (None in a torchrun job's
+    other processes)."""
     out = open_run(out, resume, [teacher, student, data])
     spec = DistillSpec(alpha=alpha, temperature=temperature).validate()
     teacher_ckpt, student_ckpt = load_checkpoint(teacher), load_checkpoint(student)

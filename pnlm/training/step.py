@@ -26,7 +26,11 @@ class TrainStep(Protocol):
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
                  micro_batches: int = 1, expert: int | np.ndarray | None = None,
                  soft_targets: tuple | None = None) -> float:
-        """One optimizer step on a batch; the loss before the update."""
+        """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
+        (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
+        for the same update with less memory. expert (projected networks): the cluster of every row, or
+        one cluster per row (batch,). soft_targets: a teacher's (indices or None, log-probabilities), for a
+        step built with the distillation loss (pnlm/losses.py). Return the loss before the update."""
 
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
             expert: int | np.ndarray | None = None) -> tuple[float, int]:

@@ -22,7 +22,7 @@ class SamplingConfig:
             raise PnlmError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-class Sampler:
+class TokenSampler:
     """Temperature 0 is greedy (argmax); otherwise softmax(logits / T), cut to the smallest set of mass >= top_p."""
 
     def __init__(self, config: SamplingConfig) -> None:
