@@ -25,11 +25,12 @@ def load_inference_model(path, backend: str, dtype: str = "float32"):
 
 
 def make_train_step(backend: str, spec, weights, optimizer, precision: str = "float32", lora=None, adapters=None,
-                    compile: bool = False, fsdp: bool = False, distributed: bool = True, distill=None):
+                    compile: bool = False, fsdp: bool = False, distributed: bool = True, loss=None):
     """A backend's model, loaded with canonical weights (and LoRA adapters when lora is given: then only
     the adapters train), and its train step (see pnlm/training/step.py). compile: torch.compile (torch only;
     MLX's step is always compiled); fsdp: shard the model under torchrun (torch only); distributed=False:
-    train alone even under torchrun (a mixture's experts); distill: a DistillSpec, for a student's step."""
+    train alone even under torchrun (a mixture's experts); loss: what the step minimizes, cross-entropy (None)
+    or distillation's (a pnlm.losses.DistillSpec, for a student's step)."""
     if backend in ("torch", "cuda"):
         try:
             import torch
@@ -60,4 +61,4 @@ def make_train_step(backend: str, spec, weights, optimizer, precision: str = "fl
     model.load_canonical(weights)
     if lora is not None:
         apply_lora(model, lora, adapters)
-    return TrainStep(model, optimizer, precision=precision, distill=distill, **options)
+    return TrainStep(model, optimizer, precision=precision, loss=loss, **options)

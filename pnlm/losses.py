@@ -1,4 +1,4 @@
-"""The losses a train step is built with (pnlm.backends.make_train_step(..., distill=...)): cross-entropy
+"""The losses a train step is built with (pnlm.backends.make_train_step(..., loss=...)): cross-entropy
 by default, or distillation's (SLM-d, pnlm/methods/distillation.py)
 
     loss = (1 − α) · CE(student, next token) + α · T² · KL(teacher_T ‖ student_T)

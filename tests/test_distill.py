@@ -36,7 +36,7 @@ def test_loss_equals_the_numpy_oracle(tiny_spec, backend):
     teacher = make_train_step(backend, tiny_spec, init_weights(tiny_spec, 5), OptimizerSpec()).log_probs(inputs)
     top = np.argsort(-teacher, axis=-1)[..., :7]
     # lr 0: the student's weights stay put, so its log-probabilities before the step are the ones the loss saw.
-    student = make_train_step(backend, tiny_spec, init_weights(tiny_spec, 1), OptimizerSpec(lr=0.0), distill=SPEC)
+    student = make_train_step(backend, tiny_spec, init_weights(tiny_spec, 1), OptimizerSpec(lr=0.0), loss=SPEC)
     logits = student.log_probs(inputs)  # log-softmax differs from the logits by a constant per position
     for indices, logprobs in ((None, teacher), (top, np.take_along_axis(teacher, top, -1))):
         expected = distill_loss(logits, targets, mask, logprobs, indices, SPEC)
@@ -58,7 +58,7 @@ def test_top_vocabulary_cache_gives_the_live_teachers_loss(tmp_path, store, tiny
     inputs, targets, mask = shifted(*store.batch("train", rows))
     losses = []
     for source in (live, cache):
-        student = make_train_step(backend, tiny_spec, init_weights(tiny_spec, 1), OptimizerSpec(lr=1e-3), distill=SPEC)
+        student = make_train_step(backend, tiny_spec, init_weights(tiny_spec, 1), OptimizerSpec(lr=1e-3), loss=SPEC)
         losses.append([student(inputs, targets, mask, soft_targets=source.soft_targets("train", rows, inputs))
                        for _ in range(3)])
     assert np.abs(np.array(losses[0]) - np.array(losses[1])).max() < 1e-5

@@ -24,7 +24,7 @@ class TrainStep:
     weights (gradients and AdamW stay float32), as torch's autocast does."""
 
     def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
-                 distill: DistillSpec | None = None) -> None:
+                 loss: DistillSpec | None = None) -> None:
         check_precision(precision)
         self.model = model
         self.optimizer_spec = optimizer
@@ -40,6 +40,7 @@ class TrainStep:
                                      eps=optimizer.eps, weight_decay=optimizer.weight_decay, bias_correction=True)
         self.optimizer.init(model.trainable_parameters())
         state = [model.state, self.optimizer.state]
+        distillation = loss  # the nested functions below name their own results `loss`
 
         def per_token(logits: mx.array, targets: mx.array, teacher: tuple) -> mx.array:
             """Each target's NLL, or with a teacher ((indices,) log-probabilities) the distillation loss."""
@@ -47,7 +48,7 @@ class TrainStep:
             if not teacher:
                 return nll
             *indices, teacher_logprobs = teacher
-            alpha, temperature = distill.alpha, distill.temperature
+            alpha, temperature = distillation.alpha, distillation.temperature
             student = logits / temperature
             student = student - mx.logsumexp(student, axis=-1, keepdims=True)
             if indices:
@@ -108,7 +109,7 @@ class TrainStep:
         self._apply = mx.compile(apply, inputs=state, outputs=state)
         self._nll_sum = nll_sum
         self._log_probs = log_probs
-        self.distill = distill
+        self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/losses.py)
 
     @property
     def devices(self) -> int:

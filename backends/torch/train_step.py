@@ -27,9 +27,9 @@ class TrainStep:
 
     def __init__(self, model: Transformer, optimizer: OptimizerSpec, precision: str = "float32",
                  compile: bool = False, fsdp: bool = False, distributed: bool = True,
-                 distill: DistillSpec | None = None) -> None:
+                 loss: DistillSpec | None = None) -> None:
         self.model = model
-        self.distill = distill
+        self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/losses.py)
         self.optimizer_spec = optimizer
         self.device = next(model.parameters()).device
         self.precision = check_precision(precision)
@@ -84,7 +84,7 @@ class TrainStep:
         if teacher is None:
             return nll
         indices, teacher_logprobs = teacher
-        alpha, temperature = self.distill.alpha, self.distill.temperature
+        alpha, temperature = self.loss.alpha, self.loss.temperature
         student = F.log_softmax(logits / temperature, dim=-1)
         if indices is not None:
             student = student.gather(-1, indices)

@@ -183,7 +183,7 @@ def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str
             raise PnlmError(f"{cache}: holds the top {source.meta['k']}, not {cache_top_k}; remove it or match it")
         del teacher_step  # the cache replaces the teacher
     step_fn = make_train_step(backend, student_ckpt.spec, student_ckpt.weights, config.optimizer, precision=precision,
-                              distill=spec)
+                              loss=spec)
     details = {"alpha": alpha, "temperature": temperature, "teacher": str(teacher),
                "teacher_source": f"cache top-{cache_top_k}" if cache_top_k else "live"}
     return run_training(step_fn, student_ckpt.spec, student_ckpt.tokenizer, store, config, out, resume, "slm-d",
