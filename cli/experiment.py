@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
 import pnlm.experiment
-from pnlm.cli.console import TrainingBar, console, print_json
+from pnlm.cli.console import RateCounter, TrainingBar, console, print_json, window_progress
+from pnlm.experiment.runner import DataProgress
 
 app = typer.Typer(no_args_is_help=True, help="Run the paper's protocol from a plan; tables and plots.")
+
+
+class DataBars(DataProgress):
+    """The data steps' progress as the data commands draw it."""
+
+    @contextlib.contextmanager
+    def documents(self):
+        with RateCounter("reading documents", "docs") as counter:
+            yield counter.update
+
+    @contextlib.contextmanager
+    def tokens(self):
+        with RateCounter("tokenizing", "tokens") as counter:
+            yield lambda documents, tokens: counter.update(tokens, f", {documents:,} documents")
+
+    def windows(self):
+        return window_progress()
 
 
 @app.command("report")
@@ -29,7 +48,7 @@ def run(
 ) -> None:
     """Run every cell of a plan (finished cells are skipped on a rerun), then write the report."""
     summary = pnlm.experiment.run(plan, out, say=lambda text: console.print(f"[bold]{text}[/bold]"),
-                                  progress=TrainingBar(summaries=False))
+                                  progress=TrainingBar(summaries=False), data_progress=DataBars())
     if json_out:
         print_json(summary.to_json())
         return

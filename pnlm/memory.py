@@ -109,12 +109,14 @@ def device_available_bytes(backend: str) -> int | None:
 
 def check_fits(estimate: MemoryEstimate, what: str, backend: str = "torch", advice: str = "") -> None:
     """Refuse, with the estimate and what is free, a command whose model cannot fit in this machine's memory
-    (for cuda: the weights, training state and activations in the GPU's, the host copy in the host's)."""
+    (for cuda: the weights, training state and activations in the GPU's; the numpy copies, the host copy and
+    a save's, in the host's)."""
     device_free = device_available_bytes(backend)
-    checks = [(estimate.total - (estimate.host_copy if device_free is not None else 0), available_bytes()
-               if device_free is None else device_free, "the GPU" if device_free is not None else "this machine")]
-    if device_free is not None:
-        checks.append((estimate.host_copy, available_bytes(), "this machine"))
+    host = estimate.host_copy + estimate.checkpoint_copy
+    if device_free is None:
+        checks = [(estimate.total, available_bytes(), "this machine")]
+    else:
+        checks = [(estimate.total - host, device_free, "the GPU"), (host, available_bytes(), "this machine")]
     for needed, free, where in checks:
         if free is not None and needed > free:
             raise PnlmError(f"{what} needs about {needed / GIB:.1f} GiB ({estimate.describe()} GiB); {where} has "

@@ -75,7 +75,7 @@ def check_same_run(latest: str | Path, identity: dict[str, Any]) -> None:
     for field in _LABELS:
         if field in recorded and recorded[field] != identity.get(field):
             raise PnlmError(f"{latest}: was started with another {_LABELS[field]} ({_short(recorded[field])}, now "
-                            f"{_short(identity[field])}); resume it with the same one, or start a new run with "
+                            f"{_short(identity.get(field))}); resume it with the same one, or start a new run with "
                             f"another --out")
     if isinstance(recorded.get("spec"), dict):
         old, new = _comparable_spec(recorded["spec"]), _comparable_spec(identity["spec"])

@@ -135,13 +135,27 @@ def unlock_run(folder: str | Path) -> None:
         os.close(fd)
 
 
-def abandon_runs() -> None:
-    """A command refused after it locked its run folders: release them, and remove those it made that hold
-    nothing but the lock, so a refused command leaves no folder behind."""
-    for key in list(_held):
+def abandon_runs(keys: set[Path] | None = None) -> None:
+    """A command refused after it locked its run folders: release them (or those of keys), and remove those
+    it made that hold nothing but the lock, so a refused command leaves no folder behind."""
+    for key in list(_held) if keys is None else [k for k in keys if k in _held]:
         fd = _held.pop(key)
         if key in _created and [p.name for p in key.iterdir()] == [LOCK_FILE]:
             (key / LOCK_FILE).unlink()
             key.rmdir()
             _created.discard(key)
         os.close(fd)
+
+
+@contextmanager
+def run_locks_released() -> Iterator[None]:
+    """The run locks taken inside are released when it ends (a function of the Python API that locks a run
+    folder, used as a decorator); on an error, a folder it made that holds only its lock is removed too."""
+    before = set(_held)
+    try:
+        yield
+    except BaseException:
+        abandon_runs(set(_held) - before)
+        raise
+    for key in set(_held) - before:
+        os.close(_held.pop(key))

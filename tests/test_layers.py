@@ -96,3 +96,20 @@ def test_no_module_is_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for folder in ("pnlm", "backends", "cli") for p in (ROOT / folder).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject lists packages one by one: a new folder left out of it would be missing from every
+    non-editable install (the suite's editable one would not notice)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    present = set()
+    for source, name in (("pnlm", "pnlm"), ("backends", "pnlm.backends"), ("cli", "pnlm.cli")):
+        for init in (ROOT / source).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / source).parts
+            if source == "pnlm" and parts and parts[0] in ("backends", "cli"):
+                continue
+            present.add(".".join((name, *parts)))
+    present.add("pnlm.sample_data")  # data only: a namespace of the sample books
+    assert present == listed, (present - listed, listed - present)

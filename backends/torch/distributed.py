@@ -34,6 +34,12 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 def _close_process_group() -> None:
     if dist.is_initialized():
+        # Every rank reaches here before any tears the group down: a rank that left first aborted while
+        # another still had gloo traffic in flight (rank 0 finishing its checkpoint's collectives).
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer already gone (killed): nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

@@ -24,6 +24,7 @@ from pnlm.training.evaluation import evaluate as evaluate_split
 from pnlm.training.loop import TrainConfig
 from pnlm.lora import LoraSpec, init_adapters, trainable_parameters
 from pnlm.memory import check_fits, training_estimate
+from pnlm.run_lock import run_locks_released
 from pnlm.methods import METHODS, PRETRAINED, dense, importance, mixture, projected
 from pnlm.methods.distillation import distill
 from pnlm.methods.mixture import MixtureSummary
@@ -35,6 +36,7 @@ __all__ = ["pretrain", "finetune", "distill", "evaluate", "TrainSummary", "Mixtu
            "Evaluation", "BACKENDS"]
 
 
+@run_locks_released()
 def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", method: str = "slm", *,
              clusters: str | Path | None = None, domain: str | Path | None = None, projection: str | None = None,
              pn_batches: str = "mixed", experts: str | None = None, backend: str = "torch",
@@ -84,6 +86,7 @@ def finetune_lr(lr: float | None, lora_rank: int) -> float:
     return 1e-4 if lora_rank else 1e-4 / 3
 
 
+@run_locks_released()
 def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backend: str = "mlx", steps: int = 1000,
              batch_size: int = 8, grad_accum: int = 1, lr: float | None = None, lora_rank: int = 0,
              lora_alpha: float | None = None, precision: str | None = None, compile: bool = False,

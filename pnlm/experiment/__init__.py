@@ -8,7 +8,7 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("run", "ExperimentSummary", "Runner"):
+    if name in ("run", "ExperimentSummary", "Runner", "DataProgress"):
         from pnlm.experiment import runner
 
         return getattr(runner, name)

@@ -10,6 +10,7 @@ most the cell in flight.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -17,7 +18,7 @@ import json
 import platform
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from pnlm.errors import PnlmError
 from pnlm.experiment.plan import Plan, load_plan
 from pnlm.methods import METHODS
 from pnlm.outputs import EXPERIMENT, check_output
-from pnlm.run_lock import lock_run
+from pnlm.run_lock import lock_run, run_locks_released
 from pnlm.training.runs import TrainingProgress
 
 RESULT_COLUMNS = ("method", "budget_steps", "domain", "domain_tokens", "train_tokens", "params_pretrain",
@@ -67,12 +68,29 @@ def _cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
+class DataProgress:
+    """How the data steps report as they go: each method is a context giving the callback the step takes
+    (documents read; documents and tokens; windows embedded). This one says nothing; the CLI's draws bars."""
+
+    @contextlib.contextmanager
+    def documents(self) -> Iterator[Callable[[int], None]]:
+        yield lambda documents: None
+
+    @contextlib.contextmanager
+    def tokens(self) -> Iterator[Callable[[int, int], None]]:
+        yield lambda documents, tokens: None
+
+    @contextlib.contextmanager
+    def windows(self) -> Iterator[Callable[[str, int, int], None]]:
+        yield lambda what, done, total: None
+
+
 class Runner:
     def __init__(self, plan: Plan, out: Path, say: Callable[[str], None] = print,
-                 progress: TrainingProgress | None = None) -> None:
+                 progress: TrainingProgress | None = None, data_progress: DataProgress | None = None) -> None:
         self.plan, self.out, self.work = plan, out, out / "work"
         self.cells_dir = out / "cells"
-        self.say, self.progress = say, progress
+        self.say, self.progress, self.data = say, progress, data_progress or DataProgress()
         # Distillation's teacher is the fine-tuned LLM: its cells come along with distill's.
         wanted = set(plan.methods) | ({"llm"} if "distill" in plan.methods else set())
         self.cell_methods = tuple(m for m in METHODS if m in wanted)
@@ -93,29 +111,46 @@ class Runner:
 
     # 1. Data
     def prepare(self) -> None:
-        plan, w = self.plan, self.work
+        plan, w, data = self.plan, self.work, self.data
         limit = ReadOptions(max_documents=plan.generic_max_documents)
-        self.step(w / "tokenizer.json", lambda: pnlm.train_tokenizer(
-            plan.generic + plan.tokenizer_inputs, plan.vocab_size, w / "tokenizer", read=limit, overwrite=True),
-            "training the tokenizer")
-        self.step(w / "generic.json", lambda: pnlm.prepare(plan.generic, w / "tokenizer", plan.context, w / "generic",
-                                                           read=limit, overwrite=True),
-                  "preparing the generic store")
-        self.step(w / "clusters.json", lambda: pnlm.cluster(w / "generic", plan.clusters, w / "clusters",
-                                                            seed=plan.seed, overwrite=True),
-                  f"clustering the generic windows (k={plan.clusters})")
+
+        def tokenizer() -> Any:
+            with data.documents() as on_document:
+                return pnlm.train_tokenizer(plan.generic + plan.tokenizer_inputs, plan.vocab_size, w / "tokenizer",
+                                            read=limit, overwrite=True, on_document=on_document)
+
+        def store(files: list[Path], out: Path, **options: Any) -> Callable[[], Any]:
+            def work() -> Any:
+                with data.tokens() as on_progress:
+                    return pnlm.prepare(files, w / "tokenizer", plan.context, out, overwrite=True,
+                                        on_progress=on_progress, **options)
+            return work
+
+        def clusters() -> Any:
+            with data.windows() as on_progress:
+                return pnlm.cluster(w / "generic", plan.clusters, w / "clusters", seed=plan.seed, overwrite=True,
+                                    on_progress=on_progress)
+
+        def labels(full: Path) -> Callable[[], Any]:
+            def work() -> Any:
+                with data.windows() as on_progress:
+                    return pnlm.assign(full, w / "clusters", all_splits=True, split="train", on_progress=on_progress)
+            return work
+
+        self.step(w / "tokenizer.json", tokenizer, "training the tokenizer")
+        self.step(w / "generic.json", store(plan.generic, w / "generic", read=limit), "preparing the generic store")
+        self.step(w / "clusters.json", clusters, f"clustering the generic windows (k={plan.clusters})")
         for domain, files in plan.domains.items():
             full = self.store(domain)
-            self.step(w / "domains" / f"{domain}.json", lambda: pnlm.prepare(
-                files, w / "tokenizer", plan.context, full, valid_fraction=plan.valid_fraction,
-                test_fraction=plan.test_fraction, read=ReadOptions(max_documents=plan.domain_max_documents),
-                overwrite=True), f"preparing domain {domain}")
+            self.step(w / "domains" / f"{domain}.json",
+                      store(files, full, valid_fraction=plan.valid_fraction, test_fraction=plan.test_fraction,
+                            read=ReadOptions(max_documents=plan.domain_max_documents)),
+                      f"preparing domain {domain}")
             for split in ("train", "valid", "test"):
                 if not TokenStore(full).num_windows(split):
                     raise PnlmError(f"{plan.path}: domain {domain} has no {split} windows; give it more "
                                     f"documents or change valid_fraction/test_fraction")
-            self.step(w / "domains" / f"{domain}.assign.json",
-                      lambda: pnlm.assign(full, w / "clusters", all_splits=True, split="train"),
+            self.step(w / "domains" / f"{domain}.assign.json", labels(full),
                       f"labelling domain {domain} with the generic clusters")
             for tokens in plan.domain_tokens:
                 self.step(w / "domains" / f"{domain}.{tokens}.json",
@@ -339,8 +374,9 @@ class ExperimentSummary:
         return {"out": str(self.out), "cells": self.cells, "report": str(self.report), "results": str(self.results)}
 
 
+@run_locks_released()
 def run(plan: str | Path, out: str | Path, *, say: Callable[[str], None] = print,
-        progress: TrainingProgress | None = None) -> ExperimentSummary:
+        progress: TrainingProgress | None = None, data_progress: DataProgress | None = None) -> ExperimentSummary:
     """Run every cell of a plan (finished cells are skipped on a rerun of the same plan into the same
     folder), then write the report. say(text) tells which step starts; progress follows each training run."""
     out = Path(out)
@@ -350,5 +386,5 @@ def run(plan: str | Path, out: str | Path, *, say: Callable[[str], None] = print
     if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(loaded.to_json())):
         raise PnlmError(f"{out}: holds the results of another plan (plan.json differs); use another --out")
     lock_run(out)  # one runner per experiment folder: a second would replace the first's stores under it
-    summary = Runner(loaded, out, say, progress).run()
+    summary = Runner(loaded, out, say, progress, data_progress).run()
     return ExperimentSummary(out, summary["cells"], Path(summary["report"]), Path(summary["results"]))

@@ -30,6 +30,7 @@ from pnlm.inference import refuse_projected
 from pnlm.json_object import read_json_object
 from pnlm.losses import DistillSpec, distill_loss, kl_to_teacher
 from pnlm.memory import check_fits, training_estimate
+from pnlm.run_lock import run_locks_released
 from pnlm.spec import OptimizerSpec
 from pnlm.training.batches import shifted
 from pnlm.training.loop import TrainConfig
@@ -144,6 +145,7 @@ def teacher_kl(step_fn: Any, teacher: Any, store: TokenStore, split: str, batch_
     return total / count
 
 
+@run_locks_released()
 def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str | Path, *, backend: str = "torch",
             alpha: float = 0.5, temperature: float = 2.0, cache_top_k: int = 0, steps: int = 1000,
             batch_size: int = 8, lr: float = 1e-4 / 3, eval_every: int = 50, eval_batches: int = 0,
