@@ -1,6 +1,6 @@
 # make demo: set up .venv if needed and run the end-to-end job on the sample data shipped in the package.
 # make test: the test suite (CI runs this through .ci/run).
-# make bench: benchmarks; results go to docs/benchmarks.md by hand, with the command, date and machine.
+# make bench: benchmarks, and the tests marked long; results go to docs/benchmarks.md by hand, with the command, date and machine.
 
 PYTHON ?= python3
 VENV := .venv
@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --json .bench/train_step.json
 	$(BIN)/python bench/train_throughput.py --json .bench/train_throughput.json
 	$(BIN)/python bench/pn_throughput.py --json .bench/pn_throughput.json
+	PNLM_LONG=1 $(BIN)/python -m pytest -q -m long
 
 clean:
 	rm -rf $(VENV) $(DEMO) .bench .pytest_cache

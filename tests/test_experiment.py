@@ -72,7 +72,7 @@ def _kill_when(command: list, ready) -> None:
     child.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 1 min: the fault suite kills `experiment run` at 2 random moments in every `make test`
 def test_killed_twice_and_rerun_gives_the_same_results(tmp_path):
     """Killed in the middle of a pretraining (after its first checkpoint), then among the cells, and
     rerun: the same results.csv, byte for byte, as an uninterrupted run (a micro plan, for time;
