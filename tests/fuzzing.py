@@ -88,3 +88,13 @@ def safetensors_bytes(header: object, data: bytes, claimed_length: int | None = 
     blob = json.dumps(header).encode() if not isinstance(header, bytes) else header
     length = len(blob) if claimed_length is None else claimed_length
     return struct.pack("<Q", length % 2**64) + blob + data
+
+
+def hostile_json(kind: int, raw: bytes, valid: object, byte_edits: list, cut: int | None, edited: object) -> bytes:
+    """The content of a JSON file under fuzzing: random bytes (kind 0), the valid file with bytes flipped,
+    overwritten or cut (kind 1), or a well-formed edit of it (any other kind)."""
+    if kind == 0:
+        return raw
+    if kind == 1:
+        return mutate(json.dumps(valid).encode(), byte_edits, cut)
+    return json.dumps(edited).encode()

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import FUZZ, Outcomes, cuts, edits, json_values, mutate, resealed, safetensors_bytes
+from fuzzing import FUZZ, Outcomes, cuts, edits, hostile_json, json_values, mutate, resealed, safetensors_bytes
 from pnlm.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
 from pnlm.checkpoint import ModelWriter, load_checkpoint, save_checkpoint
 from pnlm.methods.mixture import read_mix_file, write_mix_file
@@ -98,15 +98,8 @@ def test_fuzz_hf_import_shard_index(scratch, hf_folder):
            top=st.dictionaries(st.sampled_from(["metadata", "weight_map", "other"]), json_values, max_size=2))
     def run(kind, raw, byte_edits, cut, mapping, top):
         fresh_copy(hf_folder, folder)
-        index = folder / "model.safetensors.index.json"
-        if kind == 0:
-            index.write_bytes(raw)
-        elif kind == 1:
-            index.write_bytes(mutate(json.dumps(valid).encode(), byte_edits, cut))
-        elif kind == 2:
-            index.write_text(json.dumps({**valid, "weight_map": {**valid["weight_map"], **mapping}}))
-        else:
-            index.write_text(json.dumps({**valid, **top}))
+        edited = {**valid, "weight_map": {**valid["weight_map"], **mapping}} if kind == 2 else {**valid, **top}
+        (folder / "model.safetensors.index.json").write_bytes(hostile_json(kind, raw, valid, byte_edits, cut, edited))
         outcomes.check(lambda: import_hf(folder, out), str(folder))
 
     run()
@@ -156,13 +149,8 @@ def test_fuzz_trainer_state(scratch, resumable):
                                             max_size=2))
     def run(kind, raw, byte_edits, cut, changes, dropped, identity_changes):
         fresh_copy(source, folder)
-        if kind == 0:
-            content = raw
-        elif kind == 1:
-            content = mutate(json.dumps(trainer).encode(), byte_edits, cut)
-        elif kind == 2:
+        if kind == 2:
             edited = {key: value for key, value in {**trainer, **changes}.items() if key not in dropped}
-            content = json.dumps(edited).encode()
         else:  # a record of another start: other fields, a spec with other or unknown keys
             recorded = dict(identity)
             for key, value in identity_changes.items():
@@ -170,7 +158,8 @@ def test_fuzz_trainer_state(scratch, resumable):
                     recorded["spec"] = {**recorded["spec"], key[5:]: value}
                 else:
                     recorded[key] = value
-            content = json.dumps({**trainer, "started_with": recorded}).encode()
+            edited = {**trainer, "started_with": recorded}
+        content = hostile_json(kind, raw, trainer, byte_edits, cut, edited)
         (folder / "trainer.json").write_bytes(content)
         resealed(folder)
         outcomes.check(lambda: resume(folder, writer, step_fn, identity), str(folder))
@@ -288,16 +277,9 @@ def test_fuzz_mix_description(scratch, micro):
                json_values, st.sampled_from([0, 4, 2**16 + 1, 2**70])), max_size=2),
            spec_changes=st.dictionaries(st.sampled_from([*spec_keys, "other"]), json_values, max_size=2))
     def run(kind, raw, byte_edits, cut, changes, cluster_changes, spec_changes):
-        path = folder / "mix.json"
-        if kind == 0:
-            path.write_bytes(raw)
-        elif kind == 1:
-            path.write_bytes(mutate(json.dumps(valid).encode(), byte_edits, cut))
-        elif kind == 2:
-            path.write_text(json.dumps({**valid, **changes}))
-        else:
-            path.write_text(json.dumps({**valid, "clusters": {**clusters, **cluster_changes},
-                                        "spec": {**valid["spec"], **spec_changes}}))
+        edited = {**valid, **changes} if kind == 2 else {
+            **valid, "clusters": {**clusters, **cluster_changes}, "spec": {**valid["spec"], **spec_changes}}
+        (folder / "mix.json").write_bytes(hostile_json(kind, raw, valid, byte_edits, cut, edited))
 
         def read() -> None:  # what `pnlm info` and `pnlm instantiate` take from it
             description = read_mix_file(folder)

@@ -9,7 +9,7 @@ a MixtureSummary of its experts). Progress goes to the TrainingProgress given (p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,12 @@ from pnlm.run_lock import run_locks_released
 from pnlm.methods import METHODS, PRETRAINED, dense, importance, mixture, projected
 from pnlm.methods.distillation import distill
 from pnlm.methods.mixture import MixtureSummary
-from pnlm.training.runs import (BACKENDS, Pretraining, TrainingProgress, TrainSummary, default_precision, open_run,
+from pnlm.training.runs import (Pretraining, TrainingProgress, TrainSummary, default_precision, open_run,
                        run_training, steps_for)
 from pnlm.spec import OptimizerSpec, load_spec
 
 __all__ = ["pretrain", "finetune", "distill", "evaluate", "TrainSummary", "MixtureSummary", "TrainingProgress",
-           "Evaluation", "BACKENDS"]
+           "Evaluation"]
 
 
 @run_locks_released()
@@ -118,10 +118,10 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
         lora = LoraSpec(rank=lora_rank, alpha=2.0 * lora_rank if lora_alpha is None else lora_alpha).validate(base.spec)
         adapters = init_adapters(base.spec, lora, seed)
         writer = AdapterWriter(checkpoint, base, lora, method)
-    rows = -(-config.batch_size // config.micro_batches)
     trainable = trainable_parameters(base.spec, lora) if lora else None
-    check_fits(training_estimate(base.spec, rows, store.context, trainable, loaded=True), f"fine-tuning {checkpoint}",
-               backend, "use --lora-rank, a smaller --batch-size or more --grad-accum")
+    check_fits(training_estimate(base.spec, config.rows_per_micro_batch, store.context, trainable, loaded=True),
+               f"fine-tuning {checkpoint}", backend,
+               "use --lora-rank, a smaller --batch-size or more --grad-accum")
     step_fn = make_train_step(backend, base.spec, weights, config.optimizer, precision=default_precision(precision, backend),
                               lora=lora, adapters=adapters, compile=compile)
     return run_training(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, progress, writer,
@@ -148,7 +148,6 @@ class Evaluation:
     backend: str
     unigram: dict[str, Any] | None = None  # the add-one unigram baseline, when asked for
     unigram_macro_ppl: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         domains = {name: {k: v for k, v in d.__dict__.items() if v is not None} for name, d in self.domains.items()}

@@ -4,7 +4,6 @@ for distillation, the teacher's soft targets (pnlm/methods/distillation.py). The
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,8 @@ def micro_batch_rows(rows: int, micro_batches: int) -> list[np.ndarray]:
 
 class StoreBatches:
     """A store's windows as batches: sampler.train_batch(step) picks the training windows (a function of the
-    step alone, so a resumed run sees the same batches), sampler.eval_groups the evaluation groups.
+    step alone, so a resumed run sees the same batches); evaluation groups its windows by the sampler's
+    eval_groups (pnlm/training/evaluation.py).
     soft_targets (distillation): an object whose soft_targets(split, rows, inputs) gives a teacher's.
     unrecorded_name: the name of the batches a run from before runs recorded theirs used."""
 
@@ -53,7 +53,3 @@ class StoreBatches:
         inputs, targets, mask = shifted(*self.store.batch("train", rows))
         soft = self.teacher.soft_targets("train", rows, inputs) if self.teacher is not None else None
         return Batch(inputs, targets, mask, expert, soft)
-
-    def evaluation(self, split: str, batch_size: int) -> Iterator[Batch]:
-        for rows, expert in self.sampler.eval_groups(split, batch_size):
-            yield Batch(*shifted(*self.store.batch(split, rows)), expert)

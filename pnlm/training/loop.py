@@ -60,6 +60,11 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
 
+    @property
+    def rows_per_micro_batch(self) -> int:
+        """The most rows one slice of a batch holds (what a step keeps activations for)."""
+        return -(-self.batch_size // self.micro_batches)
+
     def validate(self) -> "TrainConfig":
         if self.steps < 1 or self.batch_size < 1:
             raise PnlmError(f"steps and batch size must be at least 1, got {self.steps} and {self.batch_size}")

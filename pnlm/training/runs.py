@@ -27,9 +27,6 @@ from pnlm.training.batches import StoreBatches
 from pnlm.training.loop import TrainConfig, train
 from pnlm.weights import init_weights
 
-BACKENDS = ("torch", "cuda", "mlx")
-
-
 class TrainingProgress:
     """What a training function reports as it goes; this one reports nothing (subclass it)."""
 
@@ -108,9 +105,8 @@ def fresh_train_step(backend: str, spec: ModelSpec, seed: int, config: TrainConf
                      fsdp: bool = False, **options: Any):
     """A randomly initialized model's train step, once the memory it needs is known to be there."""
     shards = int(os.environ.get("WORLD_SIZE", "1")) if fsdp else 1
-    rows = -(-config.batch_size // config.micro_batches)
-    check_fits(training_estimate(spec, rows, context, shards=shards), "pretraining this model", backend,
-               "choose a smaller --model, or a smaller --batch-size (or more --grad-accum)")
+    check_fits(training_estimate(spec, config.rows_per_micro_batch, context, shards=shards), "pretraining this model",
+               backend, "choose a smaller --model, or a smaller --batch-size (or more --grad-accum)")
     return make_train_step(backend, spec, init_weights(spec, seed), config.optimizer, fsdp=fsdp, **options)
 
 
