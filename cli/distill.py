@@ -8,7 +8,7 @@ import typer
 
 import pnlm
 from pnlm.cli.console import TrainingBar, print_json
-from pnlm.cli.options import BACKEND_HELP, PRECISION_HELP
+from pnlm.cli.options import BACKEND_HELP, LOG_EVERY_HELP, PRECISION_HELP
 
 
 def distill(
@@ -31,6 +31,7 @@ def distill(
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop when validation stops improving."),
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
+    log_every: int | None = typer.Option(None, "--log-every", help=LOG_EVERY_HELP, show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
@@ -39,7 +40,7 @@ def distill(
     summary = pnlm.distill(teacher, student, data, out, backend=backend, alpha=alpha, temperature=temperature,
                            cache_top_k=cache_top_k, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
                            eval_batches=eval_batches, patience=patience, early_stop=early_stop, precision=precision,
-                           checkpoint_every=checkpoint_every, seed=seed, resume=resume,
+                           checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, resume=resume,
                            progress=TrainingBar(summaries=not json_out))
     if json_out and summary is not None:
         print_json(summary.to_json())

@@ -8,7 +8,7 @@ import typer
 
 import pnlm
 from pnlm.cli.console import TrainingBar, print_json
-from pnlm.cli.options import BACKEND_HELP, PRECISION_HELP
+from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, PRECISION_HELP
 
 
 def pretrain(
@@ -34,12 +34,13 @@ def pretrain(
                                    "(gradient accumulation): the same update, less memory."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (the paper: 1e-4)."),
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
+    compile_model: bool | None = typer.Option(None, "--compile/--no-compile", help=COMPILE_HELP, show_default=False),
     fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard weights, gradients and optimizer state "
                               "over the processes (FSDP) instead of replicating them (DDP)."),
     warmup: int | None = typer.Option(None, "--warmup", help="Warmup steps (default: min(1000, steps/10))."),
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the valid split every N steps (0: never)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
+    log_every: int | None = typer.Option(None, "--log-every", help=LOG_EVERY_HELP, show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet "
                                 "(one command line for a job that may be killed and restarted)."),
@@ -50,7 +51,7 @@ def pretrain(
                             pn_batches=pn_batches, experts=experts, backend=backend, steps=steps, tokens=tokens,
                             batch_size=batch_size, grad_accum=grad_accum, lr=lr, precision=precision,
                             compile=compile_model, fsdp=fsdp, warmup=warmup, eval_every=eval_every,
-                            checkpoint_every=checkpoint_every, seed=seed, resume=resume,
+                            checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, resume=resume,
                             progress=TrainingBar(summaries=not json_out))
     if json_out and summary is not None:
         print_json(summary.to_json())

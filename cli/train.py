@@ -8,7 +8,7 @@ import typer
 
 import pnlm
 from pnlm.cli.console import TrainingBar, console, print_json
-from pnlm.cli.options import BACKEND_HELP, OVERWRITE, PRECISION_HELP
+from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, OVERWRITE, PRECISION_HELP
 
 
 def finetune(
@@ -27,7 +27,7 @@ def finetune(
     lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA scale alpha (update × alpha/rank; "
                                             "default 2 × rank)."),
     precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (torch backends)."),
+    compile_model: bool | None = typer.Option(None, "--compile/--no-compile", help=COMPILE_HELP, show_default=False),
     eval_every: int = typer.Option(50, "--eval-every", help="Evaluate on the valid split every N steps."),
     eval_batches: int = typer.Option(0, "--eval-batches", help="Evaluate on the first N batches of the valid split "
                                      "(0: all of it)."),
@@ -35,6 +35,7 @@ def finetune(
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop when validation stops improving."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights of the same shape (SLM-nopt)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps."),
+    log_every: int | None = typer.Option(None, "--log-every", help=LOG_EVERY_HELP, show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order (and of the weights with --from-scratch)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet "
                                 "(one command line for a job that may be killed and restarted)."),
@@ -45,7 +46,7 @@ def finetune(
                             grad_accum=grad_accum, lr=lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             precision=precision, compile=compile_model, eval_every=eval_every,
                             eval_batches=eval_batches, patience=patience, early_stop=early_stop,
-                            from_scratch=from_scratch, checkpoint_every=checkpoint_every, seed=seed, resume=resume,
+                            from_scratch=from_scratch, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, resume=resume,
                             progress=TrainingBar(summaries=not json_out))
     if json_out and summary is not None:
         print_json(summary.to_json())

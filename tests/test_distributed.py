@@ -1,4 +1,6 @@
-"""Data parallelism: torchrun with 2 CPU processes (gloo) trains like one process on the same global batch."""
+"""Data parallelism: torchrun with 2 CPU processes (gloo) trains like one process on the same global batch,
+through the prefetching loader and with gradient accumulation (2 micro-batches per rank); compiled too
+(a long test: torch.compile costs ~30 s per process here)."""
 
 import json
 import os
@@ -19,14 +21,15 @@ TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this python")
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"], pytest.param(["--compile"], marks=pytest.mark.long)],
+                         ids=["ddp", "fsdp", "ddp-compiled"])
 def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer, sharding):
     store = prepare_store(iter(list(iter_documents(SAMPLE_DATA[:1]))), tokenizer, tmp_path / "store", context=64,
                           valid_fraction=0, test_fraction=0, workers=1)[0]
     common = ["pretrain", "--model", "tiny", "--data", str(store.path), "--backend", "torch", "--steps", "10",
-              "--batch-size", "8", "--lr", "1e-3", "--seed", "1", "--json"]
+              "--batch-size", "8", "--grad-accum", "2", "--lr", "1e-3", "--seed", "1", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "pnlm.cli", *common, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "pnlm.cli", *common, *sharding, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pnlm.cli", *common, *sharding,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
@@ -13,10 +14,23 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
 from pnlm.losses import DistillSpec
-from pnlm.training.batches import micro_batch_rows
+from pnlm.training.batches import Batch, micro_batch_rows
 from pnlm.training.step import batch_arrays, check_precision
 from pnlm.projection import expert_indices, group_rows
 from pnlm.spec import OptimizerSpec
+
+
+@dataclass
+class StagedBatch:
+    """A batch as the host prepares it for a step (TrainStep.stage), in numpy: inputs, targets, mask, each
+    micro-batch's rows and expert routing, a teacher's soft targets."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray
+    slices: list[np.ndarray]
+    routings: list[tuple[np.ndarray, np.ndarray]]
+    soft: tuple
 
 
 class TrainStep:
@@ -111,6 +125,8 @@ class TrainStep:
         self._log_probs = log_probs
         self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/losses.py)
 
+    rank = 0  # MLX trains in one process here
+
     @property
     def devices(self) -> int:
         return 1
@@ -128,46 +144,63 @@ class TrainStep:
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 
-    def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
-                 micro_batches: int = 1, expert: int | np.ndarray | None = None,
-                 soft_targets: tuple | None = None) -> float:
-        """One optimizer step: pnlm.training.step.TrainStep.__call__."""
-        self.model.train()
-        x, y, m = _arrays(inputs, targets, mask)
+    def stage(self, batch: Batch, micro_batches: int = 1) -> StagedBatch:
+        """The host's share of a step, in numpy (safe to run ahead on another thread; MLX arrays are made on
+        the training thread): each micro-batch's rows and expert routing, a teacher's soft targets."""
+        inputs, targets, mask = batch_arrays(batch.inputs, batch.targets, batch.mask)
         soft: tuple = ()
-        if soft_targets is not None:  # (indices,) log-probabilities; no indices for whole distributions
-            indices, logprobs = soft_targets
-            soft = (() if indices is None else (mx.array(indices.astype(np.int32)),)) + (
-                mx.array(logprobs.astype(np.float32)),)
-        if micro_batches == 1:
-            loss = self._step(x, y, m, *_routing(expert, len(inputs)), *soft)
+        if batch.soft_targets is not None:  # (indices,) log-probabilities; no indices for whole distributions
+            indices, logprobs = batch.soft_targets
+            soft = (() if indices is None else (indices.astype(np.int32),)) + (logprobs.astype(np.float32),)
+        expert = batch.expert
+        slices = micro_batch_rows(len(inputs), micro_batches)
+        routings = [_routing(expert if np.ndim(expert) == 0 else np.asarray(expert)[rows], len(rows)) for rows in slices]
+        return StagedBatch(inputs.astype(np.int32), targets.astype(np.int32), mask, slices, routings, soft)
+
+    def step(self, staged: StagedBatch) -> mx.array:
+        """One optimizer step on a staged batch; the loss before the update (an evaluated 0-d array)."""
+        self.model.train()
+        x, y, m = mx.array(staged.inputs), mx.array(staged.targets), mx.array(staged.mask)
+        soft = tuple(mx.array(t) for t in staged.soft)
+        if len(staged.slices) == 1:
+            loss = self._step(x, y, m, *(mx.array(a) for a in staged.routings[0]), *soft)
         else:
             count = mx.maximum(m.sum(), 1.0)
             loss, grads = mx.array(0.0), None
-            for rows in micro_batch_rows(len(inputs), micro_batches):
-                routing = _routing(expert if np.ndim(expert) == 0 else np.asarray(expert)[rows], len(rows))
+            for rows, routing in zip(staged.slices, staged.routings):
                 rows = mx.array(rows)
-                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, *routing, *(t[rows] for t in soft))
+                part, part_grads = self._gradients(x[rows], y[rows], m[rows], count, *(mx.array(a) for a in routing),
+                                                   *(t[rows] for t in soft))
                 grads = part_grads if grads is None else tree_map(mx.add, grads, part_grads)
                 loss = loss + part
                 mx.eval(loss, grads)
             self._apply(grads)
         mx.eval(loss, self.model.state, self.optimizer.state)
-        return loss.item()
+        return loss
+
+    def to_floats(self, losses: list[mx.array]) -> list[float]:
+        """Losses as numbers (the loop asks at log steps; MLX has already evaluated them)."""
+        return [float(loss.item()) for loss in losses]
+
+    def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
+                 micro_batches: int = 1, expert: int | np.ndarray | None = None,
+                 soft_targets: tuple | None = None) -> float:
+        """One optimizer step: pnlm.training.step.TrainStep.__call__."""
+        return float(self.step(self.stage(Batch(inputs, targets, mask, expert, soft_targets), micro_batches)))
 
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
             expert: int | np.ndarray | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
         x, y, m = _arrays(inputs, targets, mask)
-        total = self._nll_sum(x, y, m, *_routing(expert, len(inputs)))
+        total = self._nll_sum(x, y, m, *(mx.array(a) for a in _routing(expert, len(inputs))))
         mx.eval(total, self.model.state)
         return float(total.item()), int(np.asarray(m).sum())
 
     def log_probs(self, inputs: np.ndarray, expert: int | np.ndarray | None = None) -> np.ndarray:
         """Next-token log-probabilities (batch, time, vocab), float32 (a teacher's)."""
         self.model.eval()
-        out = self._log_probs(mx.array(inputs.astype(np.int32)), *_routing(expert, len(inputs)))
+        out = self._log_probs(mx.array(inputs.astype(np.int32)), *(mx.array(a) for a in _routing(expert, len(inputs))))
         mx.eval(out, self.model.state)
         return np.array(out)
 
@@ -205,15 +238,15 @@ class TrainStep:
         mx.eval(self.optimizer.state)
 
 
-def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[mx.array, mx.array]:
+def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The experts present and each row's position among them (pnlm.projection.group_rows), as inputs of the
     compiled functions, so that other experts do not recompile (another number of them traces once more).
     A plain model ignores them."""
     indices = None if expert is None else expert_indices(expert, rows)
     if indices is None or indices.ndim == 0:
-        return mx.array([int(indices or 0)], dtype=mx.int32), mx.zeros((rows,), dtype=mx.uint32)
+        return np.array([int(indices or 0)], dtype=np.int32), np.zeros((rows,), dtype=np.uint32)
     present, row_slot = group_rows(indices)
-    return mx.array(present.astype(np.int32)), mx.array(row_slot.astype(np.uint32))
+    return present.astype(np.int32), row_slot.astype(np.uint32)
 
 
 def _arrays(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> tuple[mx.array, mx.array, mx.array]:

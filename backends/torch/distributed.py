@@ -25,7 +25,18 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if not launched_by_torchrun():
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            # Each rank on its own GPU before the group starts: NCCL's communicators, barriers and every
+            # tensor made without a device index would otherwise land on cuda:0 from every rank.
+            torch.cuda.set_device(device)
+            # NCCL refuses two ranks on one GPU; gloo takes them (slowly): PNLM_DISTRIBUTED_BACKEND=gloo
+            # tests data parallelism on a one-GPU machine (bench/gpu_check.sh).
+            if os.environ.get("PNLM_DISTRIBUTED_BACKEND", "nccl") == "gloo":
+                dist.init_process_group("gloo")
+            else:
+                dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
         # Left to the interpreter's teardown, the group's threads can abort a rank on exit
         # ("terminate called without an active exception"): close it first.
         atexit.register(_close_process_group)
@@ -44,9 +55,9 @@ def _close_process_group() -> None:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """On a multi-GPU machine, each rank takes the GPU of its LOCAL_RANK."""
+    """On a multi-GPU machine, each rank takes the GPU of its LOCAL_RANK (more ranks than GPUs share them)."""
     if device.type == "cuda" and launched_by_torchrun():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
 
 
@@ -61,15 +72,18 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def shard_model(model: torch.nn.Module) -> None:
+def shard_model(model: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> None:
     """FSDP (fully_shard, FSDP2): every block's weights, gradients and AdamW moments are split over the
     ranks and gathered block by block for the forward and backward passes; the root takes the rest
-    (embeddings, shared with the output layer, and the final norm)."""
-    from torch.distributed.fsdp import fully_shard
+    (embeddings, shared with the output layer, and the final norm). compute_dtype (bfloat16): the weights
+    are gathered in it (half the traffic) and the gradients reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else None
+    options = {"mp_policy": policy} if policy else {}
     for block in model.model.layers:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, **options)
+    fully_shard(model, **options)
 
 
 def _full_options(**kwargs):

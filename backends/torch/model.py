@@ -3,11 +3,14 @@ so `state_dict()` is the canonical weight dict."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pnlm.backends.torch.cross_entropy import linear_cross_entropy
 from pnlm.lora import ADAPTER_SUFFIXES
 from pnlm.spec import ModelSpec
 
@@ -19,9 +22,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The statistics in float32, the result in the stream's dtype: under bfloat16 autocast the weight
+        # (float32, as every master weight) would otherwise promote the whole residual stream to float32.
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return normed.to(x.dtype) * self.weight.to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -80,16 +85,14 @@ class Attention(nn.Module):
         q, k = rope(q, offset), rope(k, offset)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        gqa = self.n_kv_heads != self.n_heads  # SDPA shares each key/value head over its group of queries
         if offset == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=length > 1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, enable_gqa=gqa)
         else:
             # Queries sit at positions offset.. offset+length-1 and see every key up to their own.
             positions = torch.arange(offset, offset + length, device=x.device)[:, None]
             mask = positions >= torch.arange(k.shape[2], device=x.device)[None, :]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -118,16 +121,27 @@ class ProjectedLinear(nn.Module):
         return torch.tensordot(expert_vector @ self.mix, self.basis, dims=1)
 
 
+@dataclass(frozen=True)
+class ExpertGroups:
+    """Rows sorted by expert: the experts present (a tensor on the device) and how many rows each has."""
+
+    present: torch.Tensor
+    sizes: list[int]
+
+
 class Routing:
     """Which expert each row of a batch uses: the vectors of the experts present (S, m) and, when there are
     several, the rows grouped by expert: the size of each group and, unless the rows come sorted by expert
     (as the train step hands them), the order that groups them and the way back."""
 
-    def __init__(self, vectors: torch.Tensor, row_slot: torch.Tensor | None = None) -> None:
+    def __init__(self, vectors: torch.Tensor, row_slot: torch.Tensor | None = None,
+                 sizes: list[int] | None = None) -> None:
         self.vectors = vectors
-        self.grouped = row_slot is not None and len(vectors) > 1
+        self.grouped = (row_slot is not None or sizes is not None) and len(vectors) > 1
         self.order = self.restore = None
-        if self.grouped:
+        if sizes is not None:  # rows already sorted by expert, the groups' sizes counted on the host
+            self.sizes = sizes
+        elif self.grouped:
             self.sizes = torch.bincount(row_slot, minlength=len(vectors)).tolist()
             if bool((row_slot[1:] < row_slot[:-1]).any()):
                 self.order = torch.argsort(row_slot, stable=True)
@@ -135,7 +149,10 @@ class Routing:
 
     @classmethod
     def of(cls, table: torch.Tensor, expert) -> "Routing":
-        """expert: an index (int or 0-d), an expert vector (m,) of floats, or one index per row (B,)."""
+        """expert: an index (int or 0-d), an expert vector (m,) of floats, one index per row (B,), or
+        ExpertGroups (rows sorted by expert, as the train step hands them: no host sync)."""
+        if isinstance(expert, ExpertGroups):
+            return cls(table[expert.present], sizes=expert.sizes)
         expert = torch.as_tensor(expert, device=table.device)
         if expert.is_floating_point():
             return cls(expert.to(table.dtype).reshape(1, -1))
@@ -159,17 +176,25 @@ class ProjectedMLP(nn.Module):
         gate, up, down = (m.weight(routing.vectors).to(x.dtype) for m in (self.gate_proj, self.up_proj, self.down_proj))
         if not routing.grouped:
             return F.linear(F.silu(F.linear(x, gate[0])) * F.linear(x, up[0]), down[0])
-        # Per expert, gate and up in one product (half the small matrix products of a group), and the
-        # matrices taken apart with unbind, whose backward stacks instead of zero-filling one whole
-        # (S, out, in) gradient per expert.
-        gate_up = torch.cat([gate, up], dim=1).unbind(0)
-        groups = torch.split(x if routing.order is None else x[routing.order], routing.sizes)
-        out = []
-        for rows, both, down_s in zip(groups, gate_up, down.unbind(0)):
-            g, u = F.linear(rows, both).chunk(2, dim=-1)
-            out.append(F.linear(F.silu(g) * u, down_s))
-        out = torch.cat(out)
-        return out if routing.restore is None else out[routing.restore]
+        return _grouped_mlp(x, gate, up, down, routing)
+
+
+@torch.compiler.disable
+def _grouped_mlp(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                 routing: Routing) -> torch.Tensor:
+    """Rows of several experts, each group through its expert's matrices. Left out of torch.compile: the
+    group sizes change with every batch, and compiled they would recompile at each new set."""
+    # Per expert, gate and up in one product (half the small matrix products of a group), and the
+    # matrices taken apart with unbind, whose backward stacks instead of zero-filling one whole
+    # (S, out, in) gradient per expert.
+    gate_up = torch.cat([gate, up], dim=1).unbind(0)
+    groups = torch.split(x if routing.order is None else x[routing.order], routing.sizes)
+    out = []
+    for rows, both, down_s in zip(groups, gate_up, down.unbind(0)):
+        g, u = F.linear(rows, both).chunk(2, dim=-1)
+        out.append(F.linear(F.silu(g) * u, down_s))
+    out = torch.cat(out)
+    return out if routing.restore is None else out[routing.restore]
 
 
 class TransformerBlock(nn.Module):
@@ -205,6 +230,9 @@ class TransformerBody(nn.Module):
                 raise ValueError("a projected network needs an expert (index, vector or one index per row)")
             routing = Routing.of(self.expert_embedding, expert)
         x = self.embed_tokens(tokens)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # the residual stream in the compute dtype, as every block's output
+            x = x.to(torch.get_autocast_dtype(device))
         for i, layer in enumerate(self.layers):
             x = layer(x, self.rope, cache, i, routing)
         if cache is not None:
@@ -220,11 +248,19 @@ class Transformer(nn.Module):
         if not spec.tied_embeddings:
             self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, expert=None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, expert=None,
+                targets: torch.Tensor | None = None, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits (batch, time, vocab); with targets, the summed cross-entropy Σ token_weights · NLL
+        instead (float32), computed in chunks so that the whole batch's float32 logits never exist."""
         hidden = self.model(tokens, cache, expert)
-        if self.spec.tied_embeddings:
-            return F.linear(hidden, self.model.embed_tokens.weight)
-        return self.lm_head(hidden)
+        if targets is not None:
+            weights = torch.ones_like(targets, dtype=torch.float32) if token_weights is None else token_weights
+            return linear_cross_entropy(hidden, self.output_weight, targets, weights)
+        return F.linear(hidden, self.output_weight)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.spec.tied_embeddings else self.lm_head.weight
 
     def load_canonical(self, weights: dict[str, np.ndarray]) -> None:
         state = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in weights.items()}

@@ -28,8 +28,8 @@ from pnlm.run_lock import run_locks_released
 from pnlm.methods import METHODS, PRETRAINED, dense, importance, mixture, projected
 from pnlm.methods.distillation import distill
 from pnlm.methods.mixture import MixtureSummary
-from pnlm.training.runs import (Pretraining, TrainingProgress, TrainSummary, default_precision, open_run,
-                       run_training, steps_for)
+from pnlm.training.runs import (Pretraining, TrainingProgress, TrainSummary, default_compile, default_log_every,
+                                default_precision, main_process, open_run, run_training, steps_for)
 from pnlm.spec import OptimizerSpec, load_spec
 
 __all__ = ["pretrain", "finetune", "distill", "evaluate", "TrainSummary", "MixtureSummary", "TrainingProgress",
@@ -41,8 +41,9 @@ def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", meth
              clusters: str | Path | None = None, domain: str | Path | None = None, projection: str | None = None,
              pn_batches: str = "mixed", experts: str | None = None, backend: str = "torch",
              steps: int | None = None, tokens: int | None = None, batch_size: int = 8, grad_accum: int = 1,
-             lr: float = 1e-4, precision: str | None = None, compile: bool = False, fsdp: bool = False,
-             warmup: int | None = None, eval_every: int = 0, checkpoint_every: int = 0, seed: int = 0,
+             lr: float = 1e-4, precision: str | None = None, compile: bool | None = None, fsdp: bool = False,
+             warmup: int | None = None, eval_every: int = 0, checkpoint_every: int = 0, log_every: int | None = None,
+             seed: int = 0,
              resume: bool = False, progress: TrainingProgress | None = None) -> TrainSummary | MixtureSummary:
     """Pretrain on a token store with a method of the paper (pnlm.methods): "slm" or "llm" (one model on
     every window), "pn" (a projected network over `clusters`), "mix" (one model per cluster) or "is" (an SLM
@@ -55,16 +56,18 @@ def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", meth
     # A mixture's processes each train their own experts into one RUN: each expert's folder guards itself.
     out = open_run(out, resume, [data, clusters, domain, *([Path(model)] if model.endswith(".toml") else [])],
                    continuing=resume or method == "mix", lock=method != "mix")
-    store = TokenStore(data)
+    store = TokenStore(data, verify=main_process())  # every file hashed once, not once per rank
     spec = load_spec(model).with_vocab(store.vocab_size)
     if store.context > spec.context:
         raise PnlmError(f"{data}: windows of {store.context} tokens exceed the model's context of {spec.context}")
     total = steps_for(steps, tokens, batch_size, store.context)
     config = TrainConfig(steps=total, batch_size=batch_size, micro_batches=grad_accum, optimizer=OptimizerSpec(lr=lr),
                          warmup_steps=min(1000, total // 10) if warmup is None else warmup,
-                         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed).validate()
+                         eval_every=eval_every, checkpoint_every=checkpoint_every,
+                         log_every=default_log_every(log_every, backend), seed=seed).validate()
     job = Pretraining(store, spec, config, out, backend, seed, resume,
-                      {"precision": default_precision(precision, backend), "compile": compile}, fsdp, progress)
+                      {"precision": default_precision(precision, backend),
+                       "compile": default_compile(compile, backend)}, fsdp, progress)
     if METHODS[method].module == "dense":
         return dense.pretrain(job, method, model)
     if clusters is None:
@@ -89,9 +92,10 @@ def finetune_lr(lr: float | None, lora_rank: int) -> float:
 @run_locks_released()
 def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backend: str = "mlx", steps: int = 1000,
              batch_size: int = 8, grad_accum: int = 1, lr: float | None = None, lora_rank: int = 0,
-             lora_alpha: float | None = None, precision: str | None = None, compile: bool = False,
+             lora_alpha: float | None = None, precision: str | None = None, compile: bool | None = None,
              eval_every: int = 50, eval_batches: int = 0, patience: int = 3, early_stop: bool = True,
-             from_scratch: bool = False, checkpoint_every: int = 0, seed: int = 0, resume: bool = False,
+             from_scratch: bool = False, checkpoint_every: int = 0, log_every: int | None = None, seed: int = 0,
+             resume: bool = False,
              progress: TrainingProgress | None = None) -> TrainSummary:
     """Fine-tune a checkpoint on a domain's store at a constant rate, keeping the weights with the best
     validation loss (RUN/best) and stopping after `patience` evaluations without improvement. lora_rank > 0
@@ -100,7 +104,7 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
     out = open_run(out, resume, [checkpoint, data])
     base = load_checkpoint(checkpoint)
     refuse_projected(base.spec, checkpoint)
-    store = TokenStore(data)
+    store = TokenStore(data, verify=main_process())
     if store.tokenizer_sha256 != base.tokenizer.sha256:
         raise PnlmError(f"{data}: prepared with another tokenizer than {checkpoint}'s")
     if lora_rank and from_scratch:
@@ -108,7 +112,8 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
     config = TrainConfig(steps=steps, batch_size=batch_size, micro_batches=grad_accum,
                          optimizer=OptimizerSpec(lr=finetune_lr(lr, lora_rank)), cosine=False,
                          eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
-                         checkpoint_every=checkpoint_every, seed=seed).validate()
+                         checkpoint_every=checkpoint_every, log_every=default_log_every(log_every, backend),
+                         seed=seed).validate()
     weights = dense.no_pretraining_weights(base.spec, seed) if from_scratch else base.weights
     method = "slm-nopt" if from_scratch else base.method
     lora, adapters, writer = None, None, None
@@ -123,7 +128,7 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
                f"fine-tuning {checkpoint}", backend,
                "use --lora-rank, a smaller --batch-size or more --grad-accum")
     step_fn = make_train_step(backend, base.spec, weights, config.optimizer, precision=default_precision(precision, backend),
-                              lora=lora, adapters=adapters, compile=compile)
+                              lora=lora, adapters=adapters, compile=default_compile(compile, backend))
     return run_training(step_fn, base.spec, base.tokenizer, store, config, out, resume, method, progress, writer,
                         started_from={"base_sha256": weights_sha256(checkpoint)})
 

@@ -34,7 +34,7 @@ from pnlm.run_lock import run_locks_released
 from pnlm.spec import OptimizerSpec
 from pnlm.training.batches import shifted
 from pnlm.training.loop import TrainConfig
-from pnlm.training.runs import TrainSummary, default_precision, open_run, run_training
+from pnlm.training.runs import TrainSummary, default_log_every, default_precision, main_process, open_run, run_training
 
 __all__ = ["DistillSpec", "distill_loss", "LiveTeacher", "TeacherCache", "write_teacher_cache", "teacher_kl", "distill"]
 
@@ -150,6 +150,7 @@ def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str
             alpha: float = 0.5, temperature: float = 2.0, cache_top_k: int = 0, steps: int = 1000,
             batch_size: int = 8, lr: float = 1e-4 / 3, eval_every: int = 50, eval_batches: int = 0,
             patience: int = 3, early_stop: bool = True, precision: str | None = None, checkpoint_every: int = 0,
+            log_every: int | None = None,
             seed: int = 0, resume: bool = False, progress: Any = None) -> TrainSummary | None:
     """SLM-d: fine-tune the student on the domain's store with (1 − α)·CE + α·T²·KL(teacher_T ‖ student_T).
     The teacher runs beside the student on the same backend, or (cache_top_k > 0) once, its top-k
@@ -160,13 +161,14 @@ def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str
     teacher_ckpt, student_ckpt = load_checkpoint(teacher), load_checkpoint(student)
     refuse_projected(teacher_ckpt.spec, teacher)
     refuse_projected(student_ckpt.spec, student)
-    store = TokenStore(data)
+    store = TokenStore(data, verify=main_process())
     for path, ckpt in ((teacher, teacher_ckpt), (student, student_ckpt)):
         if ckpt.tokenizer.sha256 != store.tokenizer_sha256:
             raise PnlmError(f"{data}: prepared with another tokenizer than {path}'s")
     config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr), cosine=False,
                          eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
-                         checkpoint_every=checkpoint_every, seed=seed).validate()
+                         checkpoint_every=checkpoint_every, log_every=default_log_every(log_every, backend),
+                         seed=seed).validate()
     precision = default_precision(precision, backend)
     check_fits(training_estimate(student_ckpt.spec, batch_size, store.context, loaded=True)
                + training_estimate(teacher_ckpt.spec, batch_size, store.context, trainable=0, loaded=True),

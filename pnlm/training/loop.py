@@ -15,7 +15,9 @@ distillation's KL to its teacher).
                                       flops, device_hours, mfu (cost, pnlm/cost.py), and val_loss, val_ppl at evaluations
 
 The data order is a function of the step alone (pnlm/data/samplers.py), so resuming at step s feeds
-exactly the batches an uninterrupted run would have fed.
+exactly the batches an uninterrupted run would have fed; a thread makes them a few steps ahead
+(pnlm/training/prefetch.py). The steps' losses stay on the device until a log step reads them all at once
+(and checks them finite), so between log steps the device never waits for the host.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from pnlm.run_lock import lock_run, unlock_run
 from pnlm.schedule import learning_rate
 from pnlm.spec import OptimizerSpec
 from pnlm.training.evaluation import evaluate
+from pnlm.training.prefetch import Prefetcher
 
 LATEST = "latest"
 BEST = "best"
 METRICS = "metrics.jsonl"
+PREFETCH_DEPTH = 2  # batches made ahead of the step (pnlm/training/prefetch.py)
 
 
 @dataclass(frozen=True)
@@ -144,26 +148,38 @@ def _train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: Path, write
         return cost_record(state["tokens"], state["elapsed_s"], flops_per_token, step_fn.devices,
                            step_fn.device_name, step_fn.precision)
 
+    def staged(step: int) -> tuple[int, Any]:
+        batch = batches.train(step)
+        return int(batch.mask.sum()), step_fn.stage(batch, config.micro_batches)
+
+    # A teacher's soft targets run a model: made on this thread, not ahead.
+    depth = 0 if getattr(batches, "teacher", None) is not None else PREFETCH_DEPTH
     start = time.perf_counter() - state["elapsed_s"]
     stopped_early, loss = False, math.nan
-    with open(run_dir / METRICS if main else os.devnull, "a") as metrics:
+    pending: list[Any] = []  # the losses of the steps since the last log step, on the device
+    with open(run_dir / METRICS if main else os.devnull, "a") as metrics, \
+            Prefetcher(staged, state["step"], config.steps, depth) as prefetcher:
         while state["step"] < config.steps:
             step = state["step"]
             lr = learning_rate(step, config.optimizer.lr, config.warmup_steps, config.steps,
                                config.min_lr_ratio, config.cosine)
             step_fn.set_lr(lr)
-            batch = batches.train(step)
-            loss = step_fn(batch.inputs, batch.targets, batch.mask, micro_batches=config.micro_batches,
-                           expert=batch.expert, soft_targets=batch.soft_targets)
-            if not math.isfinite(loss):
-                raise PnlmError(f"loss is {loss} at step {step + 1}; the last good checkpoint is {run_dir / LATEST}")
+            tokens, batch = prefetcher.get(step)
+            pending.append(step_fn.step(batch))
             state["step"] = step + 1
-            state["tokens"] += int(batch.mask.sum())
+            state["tokens"] += tokens
+            evaluating_now = evaluating and state["step"] % config.eval_every == 0
+            saving_now = state["step"] == config.steps or bool(
+                config.checkpoint_every and state["step"] % config.checkpoint_every == 0)
+            if not (evaluating_now or saving_now or state["step"] % config.log_every == 0):
+                continue  # nothing is read from the device between log steps: it never waits for the host
+            loss = _checked_losses(step_fn, pending, state["step"], run_dir / LATEST)
+            pending = []
             state["elapsed_s"] = time.perf_counter() - start
             record = {"step": state["step"], "loss": loss, "lr": lr, "tokens": state["tokens"],
                       "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"],
                       **costs()}
-            if evaluating and state["step"] % config.eval_every == 0:
+            if evaluating_now:
                 val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches,
                                        batches.sampler)
                 record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)))
@@ -180,8 +196,7 @@ def _train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: Path, write
                 metrics.flush()
                 if on_log:
                     on_log(record)
-            if stopped_early or state["step"] == config.steps or (
-                    config.checkpoint_every and state["step"] % config.checkpoint_every == 0):
+            if stopped_early or saving_now:
                 save(LATEST, with_state=True)
             if stopped_early:
                 break
@@ -190,11 +205,23 @@ def _train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: Path, write
                        state["elapsed_s"], cost["flops"], cost["device_hours"], cost["mfu"])
 
 
+def _checked_losses(step_fn: Any, losses: list[Any], last_step: int, latest: Path) -> float:
+    """The last of the losses of the steps up to last_step, once all are known finite (one wait for the
+    device); else the first step whose loss is not, named."""
+    values = step_fn.to_floats(losses)
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            step = last_step - len(values) + offset + 1
+            raise PnlmError(f"loss is {value} at step {step}; the last good checkpoint is {latest}")
+    return values[-1]
+
+
 def _config_json(config: TrainConfig) -> dict[str, Any]:
     data = asdict(config)
     data.pop("steps")  # a resumed run may be extended
     data.pop("patience")
     data.pop("micro_batches")  # the same update in more or fewer slices: free to change on resume
+    data.pop("log_every")
     return data
 
 

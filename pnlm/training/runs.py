@@ -89,12 +89,32 @@ def default_precision(precision: str | None, backend: str) -> str:
     return precision or ("bfloat16" if backend == "cuda" else "float32")
 
 
+def default_compile(compile: bool | None, backend: str) -> bool:
+    """torch.compile on a GPU, where it fuses the elementwise work between matrix products; off on the CPU
+    (MLX compiles its own step), unless asked."""
+    return backend == "cuda" if compile is None else compile
+
+
+def default_log_every(log_every: int | None, backend: str) -> int:
+    """Every 10 steps on a GPU, where reading a loss makes the host wait for the device; every step elsewhere."""
+    if log_every is None:
+        return 10 if backend == "cuda" else 1
+    if log_every < 1:
+        raise PnlmError(f"--log-every must be at least 1, got {log_every}")
+    return log_every
+
+
+def main_process() -> bool:
+    """Whether this is the process that checks inputs and writes (rank 0 under torchrun, the only one else)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def open_run(out: str | Path, resume: bool, inputs: list, continuing: bool | None = None, lock: bool = True) -> Path:
     """A RUN folder may hold only a pnlm run, continued only with resume (continuing: whether an existing
     run may be written into); then this process locks it before building anything, so that a second writer
     is refused at once. Under torchrun only rank 0 looks and locks: the others start while it writes."""
     out = Path(out)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_process():
         check_output(out, RUN, resume if continuing is None else continuing, inputs)
         if lock:
             lock_run(out)

@@ -20,17 +20,30 @@ class TrainStep(Protocol):
     model: Any
     precision: str  # "float32", or "bfloat16" compute over float32 weights and optimizer
     is_main: bool  # the process that writes checkpoints and metrics (under data parallelism)
-    devices: int
+    rank: int  # this process's rank under data parallelism (0 alone)
+    devices: int  # the number of processes (ranks) that train together
     device_name: str  # what the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)
+
+    def stage(self, batch: Any, micro_batches: int = 1) -> Any:
+        """The host's share of a step on a pnlm.training.batches.Batch (numpy work and host tensors, no
+        framework computation): safe to run on another thread, ahead of the step (pnlm/training/prefetch.py)."""
+
+    def step(self, staged: Any) -> Any:
+        """One optimizer step on a staged batch; the loss before the update as a 0-d array on the device,
+        which the step never reads (to_floats does, when the loop asks)."""
+
+    def to_floats(self, losses: list[Any]) -> list[float]:
+        """Losses that step returned, as numbers (waits for the device once)."""
 
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
                  micro_batches: int = 1, expert: int | np.ndarray | None = None,
                  soft_targets: tuple | None = None) -> float:
-        """Train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
+        """step(stage(...)), read: train on a batch of int token arrays (batch, time); mask (batch, time) marks the targets that count
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
         for the same update with less memory. expert (projected networks): the cluster of every row, or
         one cluster per row (batch,). soft_targets: a teacher's (indices or None, log-probabilities), for a
-        step built with the distillation loss (pnlm/losses.py). Return the loss before the update."""
+        step built with the distillation loss (pnlm/losses.py). Return the loss before the update (waiting
+        for it: the training loop calls stage and step instead)."""
 
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
             expert: int | np.ndarray | None = None) -> tuple[float, int]:
