@@ -32,7 +32,10 @@ def read_rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
-    subprocess.run([*PNLM, "experiment", "run", str(SMOKE), "--out", str(out)], check=True, capture_output=True)
+    # Both cores: the plan runs torch only (no MLX to collapse beside another thread), and this process waits.
+    threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    subprocess.run([*PNLM, "experiment", "run", str(SMOKE), "--out", str(out)], check=True, capture_output=True,
+                   env={**os.environ, **threads})
     return out
 
 

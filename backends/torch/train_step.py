@@ -162,10 +162,11 @@ class TrainStep:
             sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
             if self.fsdp:
                 self.model.set_requires_gradient_sync(last)
-            with sync, self._autocast():
-                part_soft = None if soft is None else tuple(None if t is None else t[start:end] for t in soft)
-                part = self._loss_sum(x[start:end], y[start:end], m[start:end], self._device_experts(expert),
-                                      part_soft, self.network)
+            with sync:
+                with self._autocast():  # the forward pass only: backward runs in the dtypes autocast chose
+                    part_soft = None if soft is None else tuple(None if t is None else t[start:end] for t in soft)
+                    part = self._loss_sum(x[start:end], y[start:end], m[start:end], self._device_experts(expert),
+                                          part_soft, self.network)
                 # Normalized by the whole global batch's tokens and scaled by the world size (DDP averages):
                 # the summed gradient is that of the global batch's mean loss.
                 (part * scale).backward()
