@@ -1,5 +1,6 @@
 # make demo: set up .venv if needed and run the end-to-end job on the sample data shipped in the package.
 # make test: the test suite (CI runs this through .ci/run).
+# make gpu-check: the GPU check (bench/gpu_check.sh, docs/cuda.md).
 # make bench: benchmarks, and the tests marked long; results go to docs/benchmarks.md by hand, with the command, date and machine.
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ else
   PLATFORM_DEPS := 'mlx[cpu]' torch==2.13.0
 endif
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +64,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py --json .bench/train_throughput.json
 	$(BIN)/python bench/pn_throughput.py --json .bench/pn_throughput.json
 	PNLM_LONG=1 $(BIN)/python -m pytest -q -m long
+
+# On a machine with an NVIDIA GPU: the CUDA check of docs/cuda.md (under 10 minutes), figures in gpu_check.json.
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh gpu_check.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .bench .pytest_cache
