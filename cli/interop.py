@@ -10,25 +10,43 @@ import pnlm
 from pnlm.cli.console import console
 from pnlm.cli.options import OVERWRITE
 from pnlm.errors import PnlmError
+from pnlm.peft_adapters import is_peft_adapter
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="A plain pnlm checkpoint (instantiate a PN or mix run, fuse adapters first)."),
-    format: str = typer.Option("hf", "--format", help="hf: a Hugging Face Llama folder (transformers, mlx-lm)."),
+    checkpoint: Path = typer.Argument(..., help="A plain pnlm checkpoint (instantiate a PN or mix run first), or "
+                                      "LoRA adapters with --format peft."),
+    format: str = typer.Option("hf", "--format", help="hf: a Hugging Face Llama folder (transformers, mlx-lm); "
+                               "peft: LoRA adapters as a PEFT adapter, their base beside them in OUT/base."),
     out: Path = typer.Option(..., "--out", help="The folder to write."),
 ) -> None:
-    """Write a checkpoint as a Hugging Face Llama model folder."""
+    """Write a checkpoint as a Hugging Face Llama model folder, or LoRA adapters as a PEFT adapter."""
+    if format == "peft":
+        pnlm.export_peft(checkpoint, out)
+        console.print(f"exported {checkpoint} to {out} (PEFT LoRA adapter; its base: {out / 'base'})")
+        return
     if format != "hf":
-        raise PnlmError(f"--format {format!r}: this version exports hf (Hugging Face Llama) only")
+        raise PnlmError(f"--format {format!r}: expected hf (Hugging Face Llama) or peft (LoRA adapters)")
     pnlm.export_hf(checkpoint, out)
     console.print(f"exported {checkpoint} to {out} (Hugging Face Llama: transformers, mlx_lm.load)")
 
 
 def import_command(
-    folder: Path = typer.Argument(..., help="A local Hugging Face Llama folder with tokenizer.model."),
-    out: Path = typer.Option(..., "--out", help="The pnlm checkpoint to write."),
+    folder: Path = typer.Argument(..., help="A local Hugging Face Llama folder with tokenizer.model, or a PEFT "
+                                  "LoRA adapter (with --base)."),
+    out: Path = typer.Option(..., "--out", help="The pnlm checkpoint (or adapter folder) to write."),
+    base: Path | None = typer.Option(None, "--base", help="For a PEFT adapter: the pnlm checkpoint it adapts."),
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Read a local Hugging Face Llama folder (any size, safetensors) into a pnlm checkpoint."""
+    """Read a local Hugging Face Llama folder (any size, safetensors) into a pnlm checkpoint, or a PEFT LoRA
+    adapter onto a pnlm base."""
+    if is_peft_adapter(folder):
+        if base is None:
+            raise PnlmError(f"{folder}: a PEFT adapter; name the pnlm checkpoint it adapts with --base")
+        path = pnlm.import_peft(folder, base, out, overwrite=overwrite)
+        console.print(f"imported the PEFT adapter {folder} onto {base} into {path}")
+        return
+    if base is not None:
+        raise PnlmError(f"{folder}: --base is for PEFT adapters (a folder with adapter_config.json)")
     path = pnlm.import_hf(folder, out, overwrite=overwrite)
     console.print(f"imported {folder} into {path}")

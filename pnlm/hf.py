@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -148,9 +149,31 @@ def spec_from_hf(config: dict[str, Any], source: str) -> ModelSpec:
     return ModelSpec.from_dict(data, source=source)
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def model_folder(source: str | Path) -> Path:
+    """A local folder as it is; a Hugging Face Hub id (owner/name) that is not a local path, downloaded
+    (config, safetensors and tokenizer files only) into the Hub's cache with huggingface_hub."""
+    path = Path(source)
+    if path.exists() or not HUB_ID.fullmatch(str(source)):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise PnlmError(f"{source}: no such folder; to download it from the Hugging Face Hub install "
+                        f"huggingface_hub (pip install 'pnlm[hf]')") from None
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+    except Exception as exc:  # no network, offline mode, unknown or gated repository: one line, whichever
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PnlmError(f"{source}: no such folder, and it could not be downloaded from the Hugging Face Hub "
+                        f"({type(exc).__name__}: {reason})"[:500]) from None
+
+
 def import_hf(folder: str | Path, out: str | Path) -> Path:
-    """A local Hugging Face Llama folder (one or several safetensors files) as a pnlm checkpoint."""
-    folder = Path(folder)
+    """A Hugging Face Llama folder (one or several safetensors files), local or a Hub id, as a pnlm checkpoint."""
+    folder = model_folder(folder)
     spec = spec_from_hf(_read_config(folder), str(folder / "config.json"))
     if not (folder / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{folder}: no {TOKENIZER_FILE}; pnlm needs the SentencePiece tokenizer model")

@@ -132,3 +132,14 @@ def test_import_refuses_a_broken_shard_index_in_one_line(exported, tmp_path):
         refused = pnlm_cli("import", folder, "--out", tmp_path / "out")
         assert refused.returncode == 2 and "model.safetensors.index.json: " in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_hub_id_without_network_is_one_line(tmp_path):
+    # Offline (and an empty cache): the id cannot be resolved; one line naming it, exit 2, nothing written.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-m", "pnlm.cli", "import", "someone/a-small-llama", "--out",
+                             str(tmp_path / "imported")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "someone/a-small-llama" in lines[0] and "Hugging Face Hub" in lines[0], lines
+    assert "Traceback" not in result.stderr and not (tmp_path / "imported").exists()

@@ -19,7 +19,8 @@ from pnlm.experts import Instantiated
 from pnlm.hf import export_hf as write_hf, import_hf as read_hf
 from pnlm.memory import check_fits, init_estimate
 from pnlm.methods import mixture, projected
-from pnlm.outputs import CHECKPOINT, writing_output
+from pnlm.outputs import ADAPTER, CHECKPOINT, writing_output
+from pnlm.peft_adapters import read_peft, write_peft
 from pnlm.spec import ModelSpec, load_spec
 from pnlm.tokenizer import load_tokenizer
 from pnlm.weights import init_weights
@@ -88,6 +89,21 @@ def export_hf(checkpoint: PathLike, out: PathLike) -> Path:
     carries no mark of who wrote it: an existing one is never replaced."""
     with writing_output(out, "Hugging Face folder", False, [checkpoint]):
         return write_hf(checkpoint, out)
+
+
+def export_peft(adapters: PathLike, out: PathLike) -> Path:
+    """LoRA adapters (an adapter folder) as a PEFT adapter, with their base beside them as a Hugging Face
+    Llama folder (out/base): `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out/base), out)`.
+    Like a Hugging Face folder, an existing out is never replaced."""
+    with writing_output(out, "PEFT adapter folder", False, [adapters]):
+        return write_peft(adapters, out)
+
+
+def import_peft(folder: PathLike, base: PathLike, out: PathLike, *, overwrite: bool = False) -> Path:
+    """A PEFT LoRA adapter of a Llama model (adapter_config.json, adapter_model.safetensors) as a pnlm
+    adapter folder on the pnlm checkpoint `base` (of the same shape): fine-tune, evaluate or fuse it."""
+    with writing_output(out, ADAPTER, overwrite, [folder, base]):
+        return read_peft(folder, base, out)
 
 
 def import_hf(folder: PathLike, out: PathLike, *, overwrite: bool = False) -> Path:
