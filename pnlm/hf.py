@@ -27,6 +27,13 @@ from pnlm.tokenizer import TOKENIZER_FILE, load_tokenizer
 from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
 
 def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
+    rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
+    scaling = None
+    if spec.rope_scaling is not None:
+        s = spec.rope_scaling
+        scaling = {"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                   "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_context}
+        rope = {**scaling, "rope_theta": spec.rope_theta}
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "intermediate_size": spec.d_ff,
@@ -34,7 +41,8 @@ def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
         "num_key_value_heads": spec.n_kv_heads, "head_dim": spec.head_dim, "hidden_act": "silu",
         "max_position_embeddings": spec.context, "rms_norm_eps": spec.norm_eps,
         "rope_theta": spec.rope_theta,  # top level: what mlx-lm reads
-        "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},  # what transformers 5 reads
+        "rope_parameters": rope,  # what transformers 5 reads
+        **({"rope_scaling": scaling} if scaling else {}),  # what mlx-lm and transformers 4 read
         "tie_word_embeddings": spec.tied_embeddings, "attention_bias": False, "mlp_bias": False,
         "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
     }
@@ -125,11 +133,26 @@ def _field(config: dict[str, Any], key: str, source: str, kind: str, default: An
     return value
 
 
+def _rope_scaling(config: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """Llama 3's RoPE scaling from rope_scaling (transformers 4, mlx-lm) or rope_parameters (transformers 5);
+    None for plain RoPE; any other kind refused by name."""
+    rope = _field(config, "rope_parameters", source, "object", None)
+    scaling = _field(config, "rope_scaling", source, "object", None) or rope
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise CheckpointError(f"{source}: RoPE scaling of type {kind!r} is not supported (plain or llama3)"[:400])
+    where = f"{source} (rope scaling)"
+    return {"factor": float(_field(scaling, "factor", where, "number")),
+            "low_freq_factor": float(_field(scaling, "low_freq_factor", where, "number")),
+            "high_freq_factor": float(_field(scaling, "high_freq_factor", where, "number")),
+            "original_context": _field(scaling, "original_max_position_embeddings", where, "count")}
+
+
 def spec_from_hf(config: dict[str, Any], source: str) -> ModelSpec:
     rope = _field(config, "rope_parameters", source, "object", None)
-    scaling = _field(config, "rope_scaling", source, "object", None)
-    if scaling or rope.get("rope_type", "default") != "default":
-        raise CheckpointError(f"{source}: RoPE scaling {scaling or rope} is not supported (plain RoPE only)"[:400])
+    scaling = _rope_scaling(config, source)
     if _field(config, "attention_bias", source, "flag", False) or _field(config, "mlp_bias", source, "flag", False):
         raise CheckpointError(f"{source}: attention or MLP biases are not supported")
     heads, width = _field(config, "num_attention_heads", source, "count"), _field(config, "hidden_size", source, "count")
@@ -145,7 +168,8 @@ def spec_from_hf(config: dict[str, Any], source: str) -> ModelSpec:
             "rope_theta": float(_field(config, "rope_theta", source, "number",
                                        _field(rope, "rope_theta", source, "number", 10000.0))),
             "norm_eps": float(_field(config, "rms_norm_eps", source, "number", 1e-6)),
-            "tied_embeddings": _field(config, "tie_word_embeddings", source, "flag", False)}
+            "tied_embeddings": _field(config, "tie_word_embeddings", source, "flag", False),
+            **({"rope_scaling": scaling} if scaling else {})}
     return ModelSpec.from_dict(data, source=source)
 
 

@@ -52,6 +52,30 @@ class Projection:
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3's RoPE frequency scaling (rope_type "llama3"): wavelengths longer than
+    original_context / low_freq_factor are stretched by factor, shorter than original_context /
+    high_freq_factor kept, and those between interpolated (pnlm/rope.py)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_context: int
+    rope_type: str = "llama3"
+
+    def validate(self) -> None:
+        if self.rope_type != "llama3":
+            raise SpecError(f"rope_scaling.rope_type {self.rope_type!r}: pnlm knows llama3 scaling only")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+                raise SpecError(f"rope_scaling.{name} must be a positive number, got {value!r}")
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise SpecError("rope_scaling.high_freq_factor must exceed low_freq_factor")
+        _check_int("rope_scaling.original_context", self.original_context, 1, MAX_CONTEXT)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Shapes of a Llama-style transformer (RMSNorm, SwiGLU, rotate-half RoPE, no biases)."""
 
@@ -66,6 +90,7 @@ class ModelSpec:
     norm_eps: float = 1e-5
     tied_embeddings: bool = True
     projection: Projection | None = None
+    rope_scaling: RopeScaling | None = None  # imported Llama 3 models; pnlm's own presets use plain RoPE
 
     @property
     def head_dim(self) -> int:
@@ -93,6 +118,8 @@ class ModelSpec:
             raise SpecError(f"tied_embeddings must be true or false, got {self.tied_embeddings!r}")
         if self.projection is not None:
             self.projection.validate()
+        if self.rope_scaling is not None:
+            self.rope_scaling.validate()
         total = self.params_pretrain()
         if total > MAX_PARAMS:
             raise SpecError(f"spec asks for {total:,} parameters, more than the limit of {MAX_PARAMS:,}")
@@ -137,7 +164,10 @@ class ModelSpec:
         return dataclasses.replace(self, vocab_size=vocab_size).validate()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.rope_scaling is None:  # absent, as in every spec written before it existed
+            data.pop("rope_scaling")
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "spec") -> "ModelSpec":
@@ -154,6 +184,12 @@ class ModelSpec:
                 raise SpecError(f"{source}: projection must be a table with h, k and m (and optionally "
                                 f"expert_similarity)")
             values["projection"] = Projection(**projection)
+        scaling = values.get("rope_scaling")
+        if scaling is not None:
+            fields = {f.name for f in dataclasses.fields(RopeScaling)}
+            if not isinstance(scaling, dict) or not set(scaling) <= fields or not fields - {"rope_type"} <= set(scaling):
+                raise SpecError(f"{source}: rope_scaling must be a table with {', '.join(sorted(fields))}")
+            values["rope_scaling"] = RopeScaling(**scaling)
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in values)
         if missing:

@@ -143,3 +143,44 @@ def test_a_hub_id_without_network_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "someone/a-small-llama" in lines[0] and "Hugging Face Hub" in lines[0], lines
     assert "Traceback" not in result.stderr and not (tmp_path / "imported").exists()
+
+
+def test_a_llama3_folder_with_scaled_rope_and_bfloat16_shards_imports_with_transformers_logits(tmp_path, tokenizer):
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_parameters=rope, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    folder = tmp_path / "llama3"
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(str(folder), max_shard_size="100KB")
+    assert len(list(folder.glob("model-*.safetensors"))) >= 2  # sharded, bfloat16
+    shutil.copyfile(tokenizer.path, folder / "tokenizer.model")
+    reference = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    tokens = np.random.default_rng(0).integers(3, tokenizer.vocab_size, (2, 200))  # well past the 64 positions
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(tokens)).logits.numpy()
+    ckpt = pnlm.import_hf(folder, tmp_path / "imported")
+    for backend in ("torch", "mlx"):
+        ours = pnlm.load(ckpt, backend=backend).logits(tokens)
+        assert np.abs(ours - theirs).max() < 1e-4, (backend, np.abs(ours - theirs).max())
+    spec = pnlm.load(ckpt, backend="torch").spec
+    assert spec.rope_scaling is not None and spec.rope_scaling.original_context == 64
+    # The scaling matters at these positions: the same weights with plain RoPE are far off.
+    plain = tmp_path / "plain"
+    shutil.copytree(folder, plain)
+    hf = json.loads((plain / "config.json").read_text())
+    hf["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    hf.pop("rope_scaling", None)
+    (plain / "config.json").write_text(json.dumps(hf))
+    unscaled = pnlm.load(pnlm.import_hf(plain, tmp_path / "plain-imported"), backend="torch").logits(tokens)
+    assert np.abs(unscaled - theirs).max() > 1e-3  # measured 4.4e-3 (random weights: small logits)
+    exported = pnlm.export_hf(ckpt, tmp_path / "exported")
+    again = LlamaForCausalLM.from_pretrained(str(exported), dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert np.abs(again(torch.from_numpy(tokens)).logits.numpy() - theirs).max() < 1e-4

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 from pnlm.backends.mlx.cpu_ops import masked_softmax, on_cpu, silu
 from pnlm.lora import ADAPTER_SUFFIXES
 from pnlm.projection import group_rows
+from pnlm.rope import inverse_frequencies
 from pnlm.spec import ModelSpec
 
 
@@ -61,6 +62,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.rope_theta = spec.rope_theta
+        # Llama 3's scaled RoPE: mx.fast.rope takes the periods (1 / the frequencies) instead of a base.
+        self._rope_periods = None if spec.rope_scaling is None else mx.array(1.0 / inverse_frequencies(spec))
         self.scale = 1.0 / math.sqrt(spec.head_dim)
         d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
         self.q_proj = nn.Linear(d, d, bias=False)
@@ -68,14 +71,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kv, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
+    def _rope(self, x: mx.array, offset: int) -> mx.array:
+        if self._rope_periods is None:
+            return mx.fast.rope(x, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0, offset=offset,
+                            freqs=self._rope_periods)
+
     def __call__(self, x: mx.array, cache: KVCache | None, layer: int) -> mx.array:
         batch, length, _ = x.shape
         offset = cache.offset if cache is not None else 0
         q = self.q_proj(x).reshape(batch, length, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
-        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        q, k = (self._rope(t, offset) for t in (q, k))
         if cache is not None:
             k, v = cache.update(layer, k, v)
         if on_cpu() and length > 1:  # one query (decoding) has no mask: MLX's own kernel is the fast one

@@ -12,6 +12,7 @@ from torch import nn
 
 from pnlm.backends.torch.cross_entropy import linear_cross_entropy
 from pnlm.lora import ADAPTER_SUFFIXES
+from pnlm.rope import scaled_frequencies
 from pnlm.spec import ModelSpec
 
 
@@ -36,6 +37,8 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         dims = spec.head_dim
         inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
+        if spec.rope_scaling is not None:  # Llama 3's, from the numpy oracle
+            inv_freq = torch.from_numpy(scaled_frequencies(inv_freq.cpu().numpy(), spec)).to(inv_freq.device)
         angles = torch.outer(torch.arange(spec.context, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos(), persistent=False)
