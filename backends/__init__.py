@@ -62,3 +62,12 @@ def make_train_step(backend: str, spec, weights, optimizer, precision: str = "fl
     if lora is not None:
         apply_lora(model, lora, adapters)
     return TrainStep(model, optimizer, precision=precision, loss=loss, **options)
+
+
+def convert_to_mlx(hf_folder, out, bits: int | None, group_size: int) -> None:
+    """mlx-lm's conversion of a Hugging Face folder into an MLX one, quantized when bits is given."""
+    try:
+        from pnlm.backends.mlx.quantized import convert
+    except ImportError as exc:
+        raise BackendError(f"--format mlx needs MLX and mlx-lm: pip install 'pnlm[mlx]' mlx-lm ({exc})") from None
+    convert(hf_folder, out, bits, group_size)

@@ -17,16 +17,29 @@ def export(
     checkpoint: Path = typer.Argument(..., help="A plain pnlm checkpoint (instantiate a PN or mix run first), or "
                                       "LoRA adapters with --format peft."),
     format: str = typer.Option("hf", "--format", help="hf: a Hugging Face Llama folder (transformers, mlx-lm); "
+                               "mlx: an MLX folder through mlx-lm's conversion (with --quantize); "
                                "peft: LoRA adapters as a PEFT adapter, their base beside them in OUT/base."),
     out: Path = typer.Option(..., "--out", help="The folder to write."),
+    quantize: int | None = typer.Option(None, "--quantize", help="--format mlx: 4 or 8 bits per weight "
+                                        "(mlx-lm's affine quantization)."),
+    group_size: int = typer.Option(64, "--group-size", help="--format mlx --quantize: weights per scale and bias "
+                                   "(32, 64 or 128; mlx-lm's default 64)."),
 ) -> None:
-    """Write a checkpoint as a Hugging Face Llama model folder, or LoRA adapters as a PEFT adapter."""
+    """Write a checkpoint as a Hugging Face Llama model folder or an MLX one (4 or 8 bits), or LoRA adapters as
+    a PEFT adapter."""
+    if format == "mlx":
+        pnlm.export_mlx(checkpoint, out, quantize=quantize, group_size=group_size)
+        kind = f"{quantize}-bit, groups of {group_size}" if quantize else "float"
+        console.print(f"exported {checkpoint} to {out} (MLX, {kind}: mlx_lm.load, mlx_lm.server, pnlm generate)")
+        return
+    if quantize is not None:
+        raise PnlmError("--quantize goes with --format mlx")
     if format == "peft":
         pnlm.export_peft(checkpoint, out)
         console.print(f"exported {checkpoint} to {out} (PEFT LoRA adapter; its base: {out / 'base'})")
         return
     if format != "hf":
-        raise PnlmError(f"--format {format!r}: expected hf (Hugging Face Llama) or peft (LoRA adapters)")
+        raise PnlmError(f"--format {format!r}: expected hf (Hugging Face Llama), mlx or peft (LoRA adapters)")
     pnlm.export_hf(checkpoint, out)
     console.print(f"exported {checkpoint} to {out} (Hugging Face Llama: transformers, mlx_lm.load)")
 

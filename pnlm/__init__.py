@@ -4,7 +4,7 @@ The whole workflow is a function here, with a typed result; the command line and
 are two callers of these functions:
 
     data      train_tokenizer, prepare, subset, cluster, assign           (pnlm/api/data.py)
-    models    init, instantiate, fuse, export_hf, import_hf, export_peft, import_peft, info, load
+    models    init, instantiate, fuse, export_hf, import_hf, export_mlx, export_peft, import_peft, info, load
                                                                          (pnlm/api/models.py)
     training  pretrain, finetune, distill, evaluate                        (pnlm/api/training.py)
     choosing  advise (a method for N domains, from an experiment's curves), experiment.run (the protocol)
@@ -26,7 +26,7 @@ _EXPORTS = {
     "cluster": "pnlm.api.data", "assign": "pnlm.api.data", "ReadOptions": "pnlm.api.data",
     "init": "pnlm.api.models", "instantiate": "pnlm.api.models", "fuse": "pnlm.api.models",
     "export_hf": "pnlm.api.models", "import_hf": "pnlm.api.models",
-    "export_peft": "pnlm.api.models", "import_peft": "pnlm.api.models", "info": "pnlm.api.models",
+    "export_peft": "pnlm.api.models", "import_peft": "pnlm.api.models", "export_mlx": "pnlm.api.models", "info": "pnlm.api.models",
     "pretrain": "pnlm.api.training", "finetune": "pnlm.api.training", "distill": "pnlm.api.training",
     "evaluate": "pnlm.api.training", "TrainingProgress": "pnlm.training.runs", "TrainSummary": "pnlm.training.runs",
     "advise": "pnlm.experiment.advise", "METHODS": "pnlm.methods", "PnlmError": "pnlm.errors",

@@ -125,11 +125,12 @@ class AdapterWriter:
         self.base_path, self.base, self.lora, self.method = Path(base_path), base, lora, method
 
     def save(self, path: Path, step_fn: Any, trainer_state: dict[str, Any], with_state: bool, write: bool) -> None:
+        if not write:  # another rank of a torchrun job: the adapters are not sharded, rank 0 alone copies them
+            return
         adapters = step_fn.model.adapter_weights()
         optimizer_state = step_fn.optimizer_state() if with_state else None
-        if write:
-            save_adapter_checkpoint(path, self.base_path, self.base, self.lora, adapters, self.method,
-                                    optimizer_state=optimizer_state, trainer_state=trainer_state)
+        save_adapter_checkpoint(path, self.base_path, self.base, self.lora, adapters, self.method,
+                                optimizer_state=optimizer_state, trainer_state=trainer_state)
 
     def restore(self, path: Path, step_fn: Any) -> dict[str, Any]:
         """Load adapters and optimizer state into step_fn; return the trainer state."""

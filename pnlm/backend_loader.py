@@ -1,5 +1,5 @@
 """The one place the backend-agnostic core reaches a framework, lazily: the backends (pnlm.backends: a
-train step, an inference model), the CUDA device's free memory, and the sentence-transformers model that
+train step, an inference model, mlx-lm's conversion), the CUDA device's free memory, and the sentence-transformers model that
 embeds windows for clustering. `import pnlm` needs neither torch nor MLX, and a torch user needs no MLX
 (and the reverse). import-linter holds every other core module to never importing them (.importlinter).
 """
@@ -25,6 +25,13 @@ def load_inference_model(path: Any, backend: str, dtype: str = "float32") -> Any
     from pnlm.backends import load_inference_model as load
 
     return load(path, backend, dtype)
+
+
+def convert_to_mlx(hf_folder: Any, out: Any, bits: int | None, group_size: int) -> None:
+    """mlx-lm's conversion of a Hugging Face folder into an MLX one (pnlm.backends.convert_to_mlx)."""
+    from pnlm.backends import convert_to_mlx as convert
+
+    convert(hf_folder, out, bits, group_size)
 
 
 def cuda_free_bytes() -> int | None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,12 +48,23 @@ class LoadedModel:
     tokenizer: Tokenizer
     method: str
     adapters: Adapters | None = None
+    quantized: Any = None  # a quantized MLX model folder (pnlm/model_folder.py): weights MLX reads itself
 
 
 def read_model(path: str | Path) -> LoadedModel:
     from pnlm.adapter_checkpoint import load_adapter_checkpoint
     from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint
+    from pnlm.model_folder import is_model_folder, read_model_folder
+    from pnlm.weights import load_safetensors
 
+    if is_model_folder(path):  # a Hugging Face or MLX folder, as `pnlm export` writes them
+        folder = read_model_folder(path)
+        if folder.quantization is not None:
+            return LoadedModel(folder.spec, {}, folder.tokenizer, "slm", quantized=folder)
+        weights = {name: array for file in folder.weight_files for name, array in load_safetensors(file).items()}
+        if folder.spec.tied_embeddings:
+            weights.pop("lm_head.weight", None)
+        return LoadedModel(folder.spec, weights, folder.tokenizer, "slm")
     if checkpoint_kind(path) == ADAPTER_FORMAT:
         adapter = load_adapter_checkpoint(path)
         base = adapter.base
@@ -167,3 +179,21 @@ class InferenceModel(abc.ABC):
         if self.adapters is not None:  # a plain checkpoint holds base and adapters fused
             weights = fuse(weights, self.adapters.weights, self.spec, self.adapters.lora)
         return save_checkpoint(path, self.spec, weights, self.tokenizer, method or self.method)
+
+
+class LogitsScorer:
+    """An inference model scored the way evaluation scores a train step (its nll): for models that have no
+    train step, a quantized MLX folder."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        self.model = model
+
+    def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
+            expert: object = None) -> tuple[float, int]:
+        logits = self.model.logits(np.asarray(inputs)).astype(np.float64)
+        peak = logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
+        nll = log_z - np.take_along_axis(logits, np.asarray(targets)[..., None].astype(np.int64), -1)[..., 0]
+        mask = np.ones(nll.shape) if mask is None else np.asarray(mask, dtype=np.float64)
+        return float((nll * mask).sum()), int(mask.sum())
+

@@ -23,6 +23,7 @@ from pnlm.spec import ModelSpec
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}  # the dtypes pnlm reads, and their bytes
+QUANTIZED_ITEMSIZE = {**_ITEMSIZE, "U32": 4}  # and a quantized MLX model's packed weights
 
 
 def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -113,8 +114,9 @@ def save_safetensors(weights: dict[str, np.ndarray], path: str | Path, metadata:
         os.fsync(f.fileno())
 
 
-def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
-    """The tensor table of a safetensors file and where its data starts, checked against the file size."""
+def read_safetensors_header(path: str | Path, dtypes: dict[str, int] = _ITEMSIZE) -> tuple[dict[str, dict], int]:
+    """The tensor table of a safetensors file and where its data starts, checked against the file size
+    (dtypes: the ones accepted, with their bytes)."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -133,15 +135,15 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], int]:
     header.pop("__metadata__", None)
     data_start, data_size = 8 + length, size - 8 - length
     for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") not in _ITEMSIZE:
-            raise CheckpointError(f"{path}: tensor {name}: dtype must be one of {', '.join(_ITEMSIZE)}")
+        if not isinstance(entry, dict) or entry.get("dtype") not in dtypes:
+            raise CheckpointError(f"{path}: tensor {name}: dtype must be one of {', '.join(dtypes)}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if (not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)):
             raise CheckpointError(f"{path}: tensor {name}: malformed shape or data_offsets")
         begin, end = offsets
-        itemsize = _ITEMSIZE[entry["dtype"]]
+        itemsize = dtypes[entry["dtype"]]
         # math.prod on Python ints: an int64 product of [2**32, 2**32] wraps to 0, and 2**64 overflows numpy.
         if not 0 <= begin <= end <= data_size or end - begin != math.prod(shape) * itemsize:
             raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets} do not fit shape {shape} "

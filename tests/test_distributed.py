@@ -59,3 +59,42 @@ def test_two_processes_give_the_losses_of_one(tmp_path, tokenizer, sharding):
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert np.abs(losses("killed") - losses("two")).max() < 1e-6
+
+
+EVALUATE = """
+import json, sys
+import numpy as np
+from pnlm.backends import make_train_step
+from pnlm.spec import PRESETS, OptimizerSpec
+from pnlm.weights import init_weights
+
+results = {}
+for preset in ("tiny", "pn-tiny"):
+    spec = PRESETS[preset]
+    step = make_train_step("torch", spec, init_weights(spec, 0), OptimizerSpec())
+    rng = np.random.default_rng(0)
+    for rows in (1, 3, 8):  # 1 row over 2 ranks: one rank evaluates none and still takes part
+        tokens = rng.integers(0, spec.vocab_size, (rows, 33))
+        expert = rng.integers(0, spec.projection.k, rows) if spec.projection else None
+        results[f"{preset}-{rows}"] = step.nll(tokens[:, :-1], tokens[:, 1:], expert=expert)
+if step.is_main:
+    with open(sys.argv[1], "w") as f:
+        json.dump(results, f)
+"""
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this python")
+def test_evaluation_sharded_over_two_processes_gives_one_processs_figures(tmp_path):
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVALUATE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "two.json")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    alone, sharded = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert alone.keys() == sharded.keys()
+    for key, (total, count) in alone.items():
+        assert sharded[key][1] == count and abs(sharded[key][0] - total) < 1e-4 * max(1.0, abs(total)), key

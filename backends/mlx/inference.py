@@ -12,6 +12,7 @@ import numpy as np
 from pnlm import inference
 from pnlm.backends.mlx.lora import apply_lora
 from pnlm.backends.mlx.model import KVCache, Transformer
+from pnlm.backends.mlx.quantized import load_quantized
 from pnlm.errors import BackendError
 from pnlm.decoding import TokenSampler
 from pnlm.spec import ModelSpec
@@ -31,14 +32,19 @@ class InferenceModel(inference.InferenceModel):
     backend = "mlx"
 
     def __init__(self, spec: ModelSpec, weights: dict[str, np.ndarray], tokenizer: Tokenizer,
-                 method: str = "slm", dtype: str = "float32", adapters: inference.Adapters | None = None) -> None:
+                 method: str = "slm", dtype: str = "float32", adapters: inference.Adapters | None = None,
+                 quantized=None) -> None:
         super().__init__(spec, tokenizer, method, adapters)
         self.dtype = resolve_dtype(dtype)
         self.model = Transformer(spec)
-        self.model.load_canonical(weights)
+        self.quantized = quantized
+        if quantized is not None:
+            load_quantized(self.model, quantized)
+        else:
+            self.model.load_canonical(weights)
         if adapters is not None:
             apply_lora(self.model, adapters.lora, adapters.weights)
-        self.model.set_dtype(self.dtype)
+        self.model.set_dtype(self.dtype)  # floating weights only: packed ones stay as they are
         self.model.eval()
         mx.eval(self.model.parameters())
 
@@ -46,7 +52,8 @@ class InferenceModel(inference.InferenceModel):
     def from_checkpoint(cls, path: str | Path, dtype: str = "float32") -> "InferenceModel":
         resolve_dtype(dtype)
         loaded = inference.read_model(path)
-        return cls(loaded.spec, loaded.weights, loaded.tokenizer, loaded.method, dtype, loaded.adapters)
+        return cls(loaded.spec, loaded.weights, loaded.tokenizer, loaded.method, dtype, loaded.adapters,
+                   loaded.quantized)
 
     def _forward(self, tokens: np.ndarray) -> np.ndarray:
         logits = self.model(mx.array(tokens.astype(np.int32)))
@@ -102,4 +109,7 @@ class InferenceModel(inference.InferenceModel):
             token = following
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
+        if self.quantized is not None:
+            raise BackendError(f"{self.quantized.path}: quantized weights are not float weights; export the "
+                               f"float model from its checkpoint instead")
         return self.model.canonical_weights()

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+BARRIER_S = 60.0  # how long a finishing rank waits for the others at exit
 
 
 def launched_by_torchrun() -> bool:
@@ -44,13 +48,25 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def _close_process_group() -> None:
-    if dist.is_initialized():
-        # Every rank reaches here before any tears the group down: a rank that left first aborted while
-        # another still had gloo traffic in flight (rank 0 finishing its checkpoint's collectives).
+    if not dist.is_initialized():
+        return
+    # Every rank reaches here before any tears the group down: a rank that left first aborted while
+    # another still had gloo traffic in flight (rank 0 finishing its checkpoint's collectives). A rank
+    # that fails (a clear error, sys.exit(2)) meets no one while the others wait in a collective: it waits
+    # BARRIER_S at most, then exits without the teardown, and torchrun stops the job.
+    met = threading.Event()
+
+    def meet() -> None:
         try:
             dist.barrier()
+            met.set()
         except RuntimeError:  # a peer already gone (killed): nothing left to wait for
             pass
+
+    waiter = threading.Thread(target=meet, daemon=True)
+    waiter.start()
+    waiter.join(BARRIER_S)
+    if met.is_set():
         dist.destroy_process_group()
 
 

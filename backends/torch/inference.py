@@ -12,6 +12,7 @@ from pnlm import inference
 from pnlm.backends.torch.device import resolve_device, resolve_dtype
 from pnlm.backends.torch.lora import apply_lora
 from pnlm.backends.torch.model import KVCache, Transformer
+from pnlm.errors import BackendError
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
@@ -35,6 +36,9 @@ class InferenceModel(inference.InferenceModel):
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", dtype: str = "float32") -> "InferenceModel":
         resolve_device(device)
         loaded = inference.read_model(path)
+        if loaded.quantized is not None:
+            q = loaded.quantized.quantization
+            raise BackendError(f"{path}: quantized to {q.bits} bits by mlx-lm; run it with backend mlx")
         return cls(loaded.spec, loaded.weights, loaded.tokenizer, loaded.method, device, dtype, loaded.adapters)
 
     @torch.inference_mode()

@@ -96,7 +96,8 @@ class Attention(nn.Module):
             positions = torch.arange(offset, offset + length, device=x.device)[:, None]
             mask = positions >= torch.arange(k.shape[2], device=x.device)[None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        # The width spelled out: a rank's share of a short evaluation batch may have no rows (-1 is then undefined).
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):

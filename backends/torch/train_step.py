@@ -65,7 +65,10 @@ class TrainStep:
             if any(not p.requires_grad for p in model.parameters()):
                 raise BackendError("FSDP here trains every weight; LoRA runs use DDP (leave out --fsdp)")
             shard_model(model, torch.bfloat16 if self.precision == "bfloat16" else None)
-        self.ddp = DistributedDataParallel(model) if self.world_size > 1 and not self.fsdp else None
+        # broadcast_buffers=False: the only buffers are RoPE's tables, equal on every rank; broadcasting them
+        # would be one more collective per micro-batch.
+        self.ddp = DistributedDataParallel(model, broadcast_buffers=False) \
+            if self.world_size > 1 and not self.fsdp else None
         self.network = self.ddp or model
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(

@@ -8,11 +8,14 @@ overwrite=True), and writes it whole.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pnlm.adapter_checkpoint import fuse_checkpoint
+from pnlm.atomic import atomic_dir
+from pnlm.backend_loader import convert_to_mlx
 from pnlm.checkpoint import read_spec, save_checkpoint, verify_checkpoint
 from pnlm.errors import PnlmError
 from pnlm.experts import Instantiated
@@ -22,7 +25,7 @@ from pnlm.methods import mixture, projected
 from pnlm.outputs import ADAPTER, CHECKPOINT, writing_output
 from pnlm.peft_adapters import read_peft, write_peft
 from pnlm.spec import ModelSpec, load_spec
-from pnlm.tokenizer import load_tokenizer
+from pnlm.tokenizer import TOKENIZER_FILE, load_tokenizer
 from pnlm.weights import init_weights
 
 PathLike = str | Path
@@ -89,6 +92,31 @@ def export_hf(checkpoint: PathLike, out: PathLike) -> Path:
     carries no mark of who wrote it: an existing one is never replaced."""
     with writing_output(out, "Hugging Face folder", False, [checkpoint]):
         return write_hf(checkpoint, out)
+
+
+MLX_BITS = (4, 8)
+
+
+def export_mlx(checkpoint: PathLike, out: PathLike, *, quantize: int | None = None, group_size: int = 64) -> Path:
+    """A plain checkpoint as an MLX model folder, through mlx-lm's own conversion: quantize=4 or 8 packs
+    every linear and embedding layer whose input width group_size divides (mlx-lm's rule; the others stay
+    float32), with a scale and a bias per group of group_size weights. mlx_lm.load, mlx_lm.generate and
+    mlx_lm.server use the folder as it is, and so do pnlm.load(out, backend="mlx") and `pnlm generate`."""
+    if quantize is not None and quantize not in MLX_BITS:
+        raise PnlmError(f"--quantize {quantize}: expected 4 or 8 (bits per weight)")
+    if group_size not in (32, 64, 128):
+        raise PnlmError(f"--group-size {group_size}: expected 32, 64 or 128")
+    out = Path(out)
+    with writing_output(out, "MLX model folder", False, [checkpoint]):
+        with atomic_dir(out) as tmp:
+            hf = write_hf(checkpoint, tmp / "hf")
+            convert_to_mlx(hf, tmp / "mlx", quantize, group_size)
+            for entry in (tmp / "mlx").iterdir():
+                entry.rename(tmp / entry.name)
+            shutil.copyfile(hf / TOKENIZER_FILE, tmp / TOKENIZER_FILE)  # pnlm's tokenizer, for pnlm.load
+            shutil.rmtree(hf)
+            (tmp / "mlx").rmdir()
+    return out
 
 
 def export_peft(adapters: PathLike, out: PathLike) -> Path:

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pnlm.backend_loader import make_train_step
+from pnlm.backend_loader import load_inference_model, make_train_step
 from pnlm.checkpoint import load_checkpoint, weights_sha256
 from pnlm.clustering.clusters import load_clusters
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.experts import check_labelled
-from pnlm.inference import read_model, refuse_projected
+from pnlm.inference import LogitsScorer, read_model, refuse_projected
 from pnlm.training.evaluation import evaluate as evaluate_split
 from pnlm.training.loop import TrainConfig
 from pnlm.lora import LoraSpec, init_adapters, trainable_parameters
@@ -177,8 +177,14 @@ def evaluate(checkpoint: str | Path, data: str | Path | list[str | Path], *, spl
             raise PnlmError(f"{unigram}: prepared with another tokenizer than {checkpoint}'s")
         baseline = fit_unigram(unigram_store, "train")
     adapters = ckpt.adapters
-    step_fn = make_train_step(backend, ckpt.spec, ckpt.weights, OptimizerSpec(), lora=adapters and adapters.lora,
-                              adapters=adapters and adapters.weights)
+    if ckpt.quantized is not None:  # no float weights to train: scored through MLX's quantized layers
+        if backend != "mlx":
+            raise PnlmError(f"{checkpoint}: quantized to {ckpt.quantized.quantization.bits} bits by mlx-lm; "
+                            f"evaluate it with --backend mlx")
+        step_fn: Any = LogitsScorer(load_inference_model(checkpoint, "mlx"))
+    else:
+        step_fn = make_train_step(backend, ckpt.spec, ckpt.weights, OptimizerSpec(), lora=adapters and adapters.lora,
+                                  adapters=adapters and adapters.weights)
     domains = {}
     for path in stores:
         store = TokenStore(path)

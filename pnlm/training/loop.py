@@ -75,6 +75,8 @@ class TrainConfig:
         if not 1 <= self.micro_batches <= self.batch_size:
             raise PnlmError(f"gradient accumulation needs 1 to {self.batch_size} (the batch size) micro-batches, "
                             f"got {self.micro_batches}")
+        if self.log_every < 1:
+            raise PnlmError(f"log_every must be at least 1, got {self.log_every}")
         if self.patience and not self.eval_every:
             raise PnlmError("early stopping (patience) needs evaluations: set eval_every")
         return self
