@@ -101,7 +101,7 @@ def _write_hf_tokenizer(folder: Path, context: int) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def read_hf_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
@@ -198,7 +198,7 @@ def model_folder(source: str | Path) -> Path:
 def import_hf(folder: str | Path, out: str | Path) -> Path:
     """A Hugging Face Llama folder (one or several safetensors files), local or a Hub id, as a pnlm checkpoint."""
     folder = model_folder(folder)
-    spec = spec_from_hf(_read_config(folder), str(folder / "config.json"))
+    spec = spec_from_hf(read_hf_config(folder), str(folder / "config.json"))
     if not (folder / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{folder}: no {TOKENIZER_FILE}; pnlm needs the SentencePiece tokenizer model")
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE)

@@ -61,7 +61,8 @@ def read_model(path: str | Path) -> LoadedModel:
         folder = read_model_folder(path)
         if folder.quantization is not None:
             return LoadedModel(folder.spec, {}, folder.tokenizer, "slm", quantized=folder)
-        weights = {name: array for file in folder.weight_files for name, array in load_safetensors(file).items()}
+        weights = {name: array for file in folder.weight_files for name, array in load_safetensors(file).items()
+                   if "rotary_emb" not in name}  # some Llama folders keep RoPE's tables; pnlm computes them
         if folder.spec.tied_embeddings:
             weights.pop("lm_head.weight", None)
         return LoadedModel(folder.spec, weights, folder.tokenizer, "slm")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pnlm.checkpoint import MANIFEST_FILE, read_json
 from pnlm.errors import CheckpointError
-from pnlm.hf import _read_config, spec_from_hf
+from pnlm.hf import read_hf_config, spec_from_hf
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from pnlm.weights import QUANTIZED_ITEMSIZE, read_safetensors_header
@@ -42,7 +42,7 @@ def is_model_folder(path: str | Path) -> bool:
 def read_model_folder(path: str | Path) -> ModelFolder:
     """Its spec, tokenizer (tokenizer.model), weight files (headers checked) and quantization."""
     path = Path(path)
-    config = _read_config(path)
+    config = read_hf_config(path)
     source = str(path / "config.json")
     spec = spec_from_hf(config, source)
     if spec.projection is not None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pnlm
+from pnlm.errors import PnlmError
 
 mlx_lm = pytest.importorskip("mlx_lm")
 
@@ -45,7 +46,7 @@ def test_mlx_lm_and_pnlm_run_the_quantized_folder_alike(exported, tiny_checkpoin
     assert weights_bytes(exported[4]) < weights_bytes(exported[8]) < weights_bytes(Path(tiny_checkpoint))
 
 
-def test_the_cli_generates_and_evaluates_a_quantized_folder_and_torch_refuses_it(exported, tmp_path, tokenizer):
+def test_the_cli_generates_and_pnlm_evaluates_a_quantized_folder_and_torch_refuses_it(exported, tmp_path, tokenizer):
     from conftest import SAMPLE_DATA
     from pnlm.data import iter_documents
     from pnlm.data.prepare import prepare_store
@@ -58,10 +59,8 @@ def test_the_cli_generates_and_evaluates_a_quantized_folder_and_torch_refuses_it
                           context=64, valid_fraction=0, test_fraction=0.3, workers=1)[0]
     evaluation = pnlm.evaluate(folder, store.path, backend="mlx")
     assert np.isfinite(evaluation.macro_ppl)
-    result = subprocess.run([*PNLM, "generate", str(folder), "--prompt", "It is", "--backend", "torch"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "backend mlx" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    result = subprocess.run([*PNLM, "export", str(folder), "--format", "mlx", "--quantize", "3",
-                             "--out", str(tmp_path / "q3")], capture_output=True, text=True)
-    assert result.returncode == 2 and "4 or 8" in result.stderr
+    with pytest.raises(PnlmError, match="run it with backend mlx"):  # the CLI's one line, exit 2
+        pnlm.load(folder, backend="torch")
+    with pytest.raises(PnlmError, match="4 or 8"):
+        pnlm.export_mlx(folder, tmp_path / "q3", quantize=3)
+    assert not (tmp_path / "q3").exists()

@@ -230,6 +230,7 @@ def test_prepare_survives_kill_9(workspace):
     assert inject(target, KILLS, SEED).kills == KILLS
 
 
+@pytest.mark.long  # 45 s; tests/test_cluster.py kills `data cluster` mid-way in every `make test`
 def test_cluster_survives_kill_9(workspace):
     store, clusters, pristine = workspace / "to-cluster", workspace / "clusters", workspace / "hamlet"
     argv = [*PNLM, "data", "cluster", store, "--k", 4, "--out", clusters, "--batch-size", 16]
@@ -270,7 +271,8 @@ def test_finetune_survives_kill_9(workspace):
 def test_experiment_run_survives_kill_9(workspace):
     plan, out = workspace / "micro.toml", workspace / "experiment"
     plan.write_text(MICRO_PLAN)
-    argv = [*PNLM, "experiment", "run", plan, "--out", out]
+    # Both cores (the plan is torch only: no MLX to collapse beside another thread; this process waits).
+    argv = ["env", "OMP_NUM_THREADS=2", "MKL_NUM_THREADS=2", *PNLM, "experiment", "run", plan, "--out", out]
 
     def after_kill() -> None:
         for record in [*out.glob("work/*.json"), *out.glob("cells/*.json")]:
