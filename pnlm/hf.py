@@ -155,6 +155,9 @@ def spec_from_hf(config: dict[str, Any], source: str) -> ModelSpec:
     scaling = _rope_scaling(config, source)
     if _field(config, "attention_bias", source, "flag", False) or _field(config, "mlp_bias", source, "flag", False):
         raise CheckpointError(f"{source}: attention or MLP biases are not supported")
+    partial = config.get("partial_rotary_factor", 1.0)
+    if partial != 1.0 and partial != 1:
+        raise CheckpointError(f"{source}: partial_rotary_factor {partial!r}: pnlm rotates whole heads (1.0)"[:400])
     heads, width = _field(config, "num_attention_heads", source, "count"), _field(config, "hidden_size", source, "count")
     head_dim = config.get("head_dim")
     if head_dim is not None and head_dim != width // heads:
@@ -177,22 +180,33 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{
 
 
 def model_folder(source: str | Path) -> Path:
-    """A local folder as it is; a Hugging Face Hub id (owner/name) that is not a local path, downloaded
-    (config, safetensors and tokenizer files only) into the Hub's cache with huggingface_hub."""
+    """A local folder as it is; a Hugging Face Hub id (owner/name) that is not a local path, downloaded into the
+    Hub's cache with huggingface_hub: config.json and tokenizer.model first, checked, and only then the
+    weights (a model pnlm would refuse is refused before gigabytes come down)."""
     path = Path(source)
-    if path.exists() or not HUB_ID.fullmatch(str(source)):
+    if path.exists() or str(source).startswith((".", "/", "~")) or not HUB_ID.fullmatch(str(source)):
         return path
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise PnlmError(f"{source}: no such folder; to download it from the Hugging Face Hub install "
                         f"huggingface_hub (pip install 'pnlm[hf]')") from None
-    try:
-        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
-    except Exception as exc:  # no network, offline mode, unknown or gated repository: one line, whichever
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PnlmError(f"{source}: no such folder, and it could not be downloaded from the Hugging Face Hub "
-                        f"({type(exc).__name__}: {reason})"[:500]) from None
+
+    def download(patterns: list[str]) -> Path:
+        try:
+            return Path(snapshot_download(str(source), allow_patterns=patterns))
+        except Exception as exc:  # no network, offline mode, unknown or gated repository: one line, whichever
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PnlmError(f"{source}: no such folder, and it could not be downloaded from the Hugging Face "
+                            f"Hub ({type(exc).__name__}: {reason})"[:500]) from None
+
+    folder = download(["config.json", TOKENIZER_FILE])
+    spec_from_hf(read_hf_config(folder), f"{source}: config.json")
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{source}: no {TOKENIZER_FILE} at the top of the repository; pnlm needs the "
+                              f"SentencePiece tokenizer model (tokenizer.json alone is not read yet)")
+    return download(["config.json", TOKENIZER_FILE, "model*.safetensors", "model.safetensors.index.json",
+                     "generation_config.json"])
 
 
 def import_hf(folder: str | Path, out: str | Path) -> Path:

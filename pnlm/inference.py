@@ -182,6 +182,9 @@ class InferenceModel(abc.ABC):
         return save_checkpoint(path, self.spec, weights, self.tokenizer, method or self.method)
 
 
+SCORED_LOGITS = 1 << 25  # logits scored at once (128 MiB of float32)
+
+
 class LogitsScorer:
     """An inference model scored the way evaluation scores a train step (its nll): for models that have no
     train step, a quantized MLX folder."""
@@ -191,10 +194,15 @@ class LogitsScorer:
 
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,
             expert: object = None) -> tuple[float, int]:
-        logits = self.model.logits(np.asarray(inputs)).astype(np.float64)
-        peak = logits.max(axis=-1, keepdims=True)
-        log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
-        nll = log_z - np.take_along_axis(logits, np.asarray(targets)[..., None].astype(np.int64), -1)[..., 0]
-        mask = np.ones(nll.shape) if mask is None else np.asarray(mask, dtype=np.float64)
-        return float((nll * mask).sum()), int(mask.sum())
-
+        inputs, targets = np.asarray(inputs), np.asarray(targets)
+        mask = np.ones(targets.shape, dtype=np.float32) if mask is None else np.asarray(mask, dtype=np.float32)
+        # Rows a few at a time: a batch's whole logits (8 x 1024 x 32k float32: 1 GiB) never exist at once.
+        rows = max(1, SCORED_LOGITS // max(1, inputs.shape[1] * self.model.spec.vocab_size))
+        total = 0.0
+        for start in range(0, len(inputs), rows):
+            logits = self.model.logits(inputs[start:start + rows])
+            peak = logits.max(axis=-1, keepdims=True)
+            log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
+            picked = np.take_along_axis(logits, targets[start:start + rows, :, None].astype(np.int64), -1)[..., 0]
+            total += float(((log_z - picked).astype(np.float64) * mask[start:start + rows]).sum())
+        return total, int(mask.sum())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pnlm.checkpoint import MANIFEST_FILE, read_json
-from pnlm.errors import CheckpointError
+from pnlm.errors import CheckpointError, PnlmError
 from pnlm.hf import read_hf_config, spec_from_hf
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -34,9 +34,16 @@ class ModelFolder:
 
 
 def is_model_folder(path: str | Path) -> bool:
-    """A folder with config.json and no pnlm manifest (a pnlm checkpoint has one)."""
+    """A folder whose config.json is a model's (model_type) rather than a pnlm checkpoint's (format): a pnlm
+    checkpoint that lost its manifest is still one, and gets the checkpoint's error."""
     path = Path(path)
-    return (path / "config.json").is_file() and not (path / MANIFEST_FILE).is_file()
+    if not (path / "config.json").is_file() or (path / MANIFEST_FILE).is_file():
+        return False
+    try:
+        config = read_json(path / "config.json")
+    except PnlmError:
+        return False
+    return "format" not in config and "model_type" in config
 
 
 def read_model_folder(path: str | Path) -> ModelFolder:

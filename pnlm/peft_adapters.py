@@ -31,16 +31,20 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PREFIX, SUFFIX = "base_model.model.", ".weight"
 BASE_FOLDER = "base"
-# Settings pnlm's adapters do not have: an adapter that uses them is not pnlm's kind of LoRA.
-UNSUPPORTED = {"use_rslora": False, "use_dora": False, "fan_in_fan_out": False, "bias": "none",
-               "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
-               "rank_pattern": {}, "alpha_pattern": {}}
+# What an adapter_config.json may set to anything: pnlm's LoRA itself, and facts that do not change what the
+# adapter computes. Every other setting must stay at PEFT's default (empty, off, or the value below): DoRA,
+# rsLoRA, biases, aLoRA's invocation tokens, layer patterns, replication... change the computation while
+# keeping the tensors' names and shapes, so an adapter that sets one is refused, by name.
+FREE = {"peft_type", "task_type", "r", "lora_alpha", "target_modules", "lora_dropout", "init_lora_weights",
+        "base_model_name_or_path", "inference_mode", "revision", "peft_version", "auto_mapping"}
+DEFAULTS = {"bias": "none", "megatron_core": "megatron.core", "qalora_group_size": 16}
 
 
 def peft_config(lora: LoraSpec, base: str) -> dict:
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
             "target_modules": sorted(lora.targets), "lora_dropout": 0.0, "base_model_name_or_path": base,
-            "inference_mode": True, "init_lora_weights": True, **UNSUPPORTED}
+            "inference_mode": True, "init_lora_weights": True, "bias": "none", "use_rslora": False,
+            "use_dora": False, "fan_in_fan_out": False, "modules_to_save": None, "layers_to_transform": None}
 
 
 def write_peft(adapters_path: str | Path, out: str | Path) -> Path:
@@ -70,10 +74,10 @@ def read_peft(folder: str | Path, base: str | Path, out: str | Path) -> Path:
     config = read_json(folder / PEFT_CONFIG)  # bounded, a JSON object, or a clear error
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{source}: peft_type {config.get('peft_type')!r}; pnlm reads LoRA adapters only")
-    for key, expected in UNSUPPORTED.items():
-        value = config.get(key, expected)
-        if value != expected and not (value in (None, {}, []) and expected in (None, {})):
-            raise CheckpointError(f"{source}: {key} = {value!r}; pnlm's LoRA has {expected!r}"[:400])
+    for key, value in config.items():
+        if key not in FREE and value != DEFAULTS.get(key) and value not in (None, False, {}, [], ""):
+            raise CheckpointError(f"{source}: {key} = {value!r}: a setting pnlm's LoRA does not have (it "
+                                  f"computes x·Wᵀ + (alpha/r)·(x·Aᵀ)·Bᵀ on whole layers, nothing else)"[:400])
     rank, alpha, targets = config.get("r"), config.get("lora_alpha"), config.get("target_modules")
     if isinstance(rank, bool) or not isinstance(rank, int) or isinstance(alpha, bool) \
             or not isinstance(alpha, (int, float)):

@@ -38,4 +38,5 @@ def convert(hf_folder: Path, out: Path, bits: int | None, group_size: int) -> No
     except ImportError as exc:
         raise BackendError(f"--format mlx needs mlx-lm: pip install mlx-lm ({exc})") from None
     with contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not pnlm's output
-        mlx_lm_convert(str(hf_folder), str(out), quantize=bits is not None, q_bits=bits, q_group_size=group_size)
+        mlx_lm_convert(str(hf_folder), str(out), quantize=bits is not None, q_bits=bits, q_group_size=group_size,
+                       dtype="float32")  # pnlm's weights as they are; only the quantized layers change
