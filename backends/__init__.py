@@ -69,5 +69,5 @@ def convert_to_mlx(hf_folder, out, bits: int | None, group_size: int) -> None:
     try:
         from pnlm.backends.mlx.quantized import convert
     except ImportError as exc:
-        raise BackendError(f"--format mlx needs MLX and mlx-lm: pip install 'pnlm[mlx]' mlx-lm ({exc})") from None
+        raise BackendError(f"--format mlx needs MLX and mlx-lm: pip install 'pnlm[mlx]' ({exc})") from None
     convert(hf_folder, out, bits, group_size)

@@ -36,7 +36,7 @@ def convert(hf_folder: Path, out: Path, bits: int | None, group_size: int) -> No
     try:
         from mlx_lm.convert import convert as mlx_lm_convert
     except ImportError as exc:
-        raise BackendError(f"--format mlx needs mlx-lm: pip install mlx-lm ({exc})") from None
+        raise BackendError(f"--format mlx needs mlx-lm: pip install 'pnlm[mlx]' ({exc})") from None
     with contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not pnlm's output
         mlx_lm_convert(str(hf_folder), str(out), quantize=bits is not None, q_bits=bits, q_group_size=group_size,
                        dtype="float32")  # pnlm's weights as they are; only the quantized layers change
