@@ -64,8 +64,9 @@ def throughput(preset: str, compiled: bool) -> dict:
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
 
-def cuda_against_cpu() -> dict:
-    """The largest logit difference between torch on the GPU and on the CPU, float32 (TF32 off), slm-126m."""
+def cuda_logit_difference(preset: str, rows: int, length: int) -> tuple[float, float]:
+    """The largest logit difference between torch on the GPU and on the CPU for one set of weights, float32
+    (TF32 off meanwhile), and the logits' largest magnitude. tests/test_cuda.py asserts on it too."""
     import numpy as np
     import torch
 
@@ -73,21 +74,29 @@ def cuda_against_cpu() -> dict:
     from pnlm.spec import PRESETS
     from pnlm.weights import init_weights
 
-    spec = PRESETS["slm-126m"]
+    spec = PRESETS[preset]
     weights = init_weights(spec, 0)
-    tokens = torch.from_numpy(np.random.default_rng(1).integers(0, spec.vocab_size, (2, 256)))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    logits = {}
-    for device in ("cpu", "cuda"):
-        with torch.device(device):
-            model = Transformer(spec)
-        model.load_canonical(weights)
-        with torch.no_grad():
-            logits[device] = model(tokens.to(device)).float().cpu()
-    difference = float((logits["cpu"] - logits["cuda"]).abs().max())
+    tokens = torch.from_numpy(np.random.default_rng(1).integers(0, spec.vocab_size, (rows, length)))
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        logits = {}
+        for device in ("cpu", "cuda"):
+            with torch.device(device):
+                model = Transformer(spec)
+            model.load_canonical(weights)
+            with torch.no_grad():
+                logits[device] = model(tokens.to(device)).float().cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return float((logits["cpu"] - logits["cuda"]).abs().max()), float(logits["cpu"].abs().max())
+
+
+def cuda_against_cpu() -> dict:
+    """CUDA against CPU logits of slm-126m on 2 x 256 tokens."""
+    difference, scale = cuda_logit_difference("slm-126m", 2, 256)
     return {"model": "slm-126m", "tokens": [2, 256], "max_abs_logit_difference": difference,
-            "logit_scale": float(logits["cpu"].abs().max()), "within_1e-3": difference < 1e-3}
+            "logit_scale": scale, "within_1e-3": difference < 1e-3}
 
 
 def run(command: list[str], timeout: float, **kwargs) -> dict:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from pnlm.atomic import atomic_dir
-from pnlm.checkpoint import load_checkpoint, read_json, save_checkpoint
+from pnlm.checkpoint import Checkpoint, load_checkpoint, read_json, save_checkpoint
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.spec import ModelSpec
-from pnlm.tokenizer import TOKENIZER_FILE, load_tokenizer
+from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
 
 def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
@@ -60,6 +60,11 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     if model.spec.projection is not None:
         raise PnlmError(f"{checkpoint}: a projected network; export one expert: pnlm instantiate {checkpoint} "
                         f"--domain STORE --out CKPT")
+    return write_hf_folder(model, out)
+
+
+def write_hf_folder(model: Checkpoint, out: str | Path) -> Path:
+    """A loaded plain model as a Hugging Face Llama folder, atomically (export_hf's writing half)."""
     tokenizer = model.tokenizer
     with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(model.spec, tokenizer.bos_id, tokenizer.eos_id),
@@ -209,15 +214,18 @@ def model_folder(source: str | Path) -> Path:
                      "generation_config.json"])
 
 
-def import_hf(folder: str | Path, out: str | Path) -> Path:
-    """A Hugging Face Llama folder (one or several safetensors files), local or a Hub id, as a pnlm checkpoint."""
-    folder = model_folder(folder)
-    spec = spec_from_hf(read_hf_config(folder), str(folder / "config.json"))
+def folder_tokenizer(folder: Path, spec: ModelSpec) -> Tokenizer:
+    """A Llama folder's tokenizer.model, checked against config.json's vocabulary."""
     if not (folder / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{folder}: no {TOKENIZER_FILE}; pnlm needs the SentencePiece tokenizer model")
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
     if tokenizer.vocab_size != spec.vocab_size:
         raise CheckpointError(f"{folder}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
+    return tokenizer
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """A Llama folder's safetensors files: the shards its index names (files of the folder), or model.safetensors."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json(index).get("weight_map")  # bounded in size, a JSON object, or a clear error
@@ -228,11 +236,19 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
         shards = sorted(set(weight_map.values()))
     else:
         shards = ["model.safetensors"]
-    weights: dict[str, np.ndarray] = {}
     for shard in shards:
-        path = folder / shard
-        if not path.is_file() or Path(shard).name != shard:
+        if not (folder / shard).is_file():
             raise CheckpointError(f"{folder}: weights file {shard} is missing")
+    return [folder / shard for shard in shards]
+
+
+def import_hf(folder: str | Path, out: str | Path) -> Path:
+    """A Hugging Face Llama folder (one or several safetensors files), local or a Hub id, as a pnlm checkpoint."""
+    folder = model_folder(folder)
+    spec = spec_from_hf(read_hf_config(folder), str(folder / "config.json"))
+    tokenizer = folder_tokenizer(folder, spec)
+    weights: dict[str, np.ndarray] = {}
+    for path in weight_files(folder):
         header, _ = read_safetensors_header(path)
         names = [n for n in header if n != "__metadata__"]
         unknown = [n for n in names if "rotary_emb" not in n and not n.startswith(("model.", "lm_head."))]

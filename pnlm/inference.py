@@ -16,6 +16,7 @@ import numpy as np
 
 from pnlm.errors import PnlmError
 from pnlm.lora import LoraSpec, fuse
+from pnlm.losses import log_softmax
 from pnlm.decoding import SamplingConfig, TokenSampler
 from pnlm.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
@@ -200,9 +201,7 @@ class LogitsScorer:
         rows = max(1, SCORED_LOGITS // max(1, inputs.shape[1] * self.model.spec.vocab_size))
         total = 0.0
         for start in range(0, len(inputs), rows):
-            logits = self.model.logits(inputs[start:start + rows])
-            peak = logits.max(axis=-1, keepdims=True)
-            log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
-            picked = np.take_along_axis(logits, targets[start:start + rows, :, None].astype(np.int64), -1)[..., 0]
-            total += float(((log_z - picked).astype(np.float64) * mask[start:start + rows]).sum())
+            logprobs = log_softmax(self.model.logits(inputs[start:start + rows]))
+            picked = np.take_along_axis(logprobs, targets[start:start + rows, :, None].astype(np.int64), -1)[..., 0]
+            total -= float((picked.astype(np.float64) * mask[start:start + rows]).sum())
         return total, int(mask.sum())

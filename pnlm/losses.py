@@ -29,7 +29,8 @@ class DistillSpec:
         return self
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, stable (the largest logit subtracted first)."""
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
@@ -37,10 +38,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def kl_to_teacher(student_logits: np.ndarray, teacher_logprobs: np.ndarray, teacher_indices: np.ndarray | None,
                    temperature: float) -> np.ndarray:
     """KL(teacher_T ‖ student_T) per position, over the teacher's tokens (renormalized), in float64."""
-    student = _log_softmax(student_logits.astype(np.float64) / temperature)
+    student = log_softmax(student_logits.astype(np.float64) / temperature)
     if teacher_indices is not None:
         student = np.take_along_axis(student, teacher_indices, -1)
-    teacher = _log_softmax(np.asarray(teacher_logprobs, dtype=np.float64) / temperature)
+    teacher = log_softmax(np.asarray(teacher_logprobs, dtype=np.float64) / temperature)
     return (np.exp(teacher) * (teacher - student)).sum(-1)
 
 
@@ -49,7 +50,7 @@ def distill_loss(student_logits: np.ndarray, targets: np.ndarray, mask: np.ndarr
     """The loss above, in float64, for logits (B, T, V), targets and mask (B, T), and the teacher's
     log-probabilities (B, T, K) of the tokens teacher_indices (B, T, K) (None: all V, in order)."""
     logits = student_logits.astype(np.float64)
-    ce = -np.take_along_axis(_log_softmax(logits), targets[..., None], -1)[..., 0]
+    ce = -np.take_along_axis(log_softmax(logits), targets[..., None], -1)[..., 0]
     kl = kl_to_teacher(logits, teacher_logprobs, teacher_indices, spec.temperature)
     per_token = (1 - spec.alpha) * ce + spec.alpha * spec.temperature ** 2 * kl
     return float((per_token * mask).sum() / max(mask.sum(), 1.0))

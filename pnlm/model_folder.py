@@ -10,9 +10,9 @@ from pathlib import Path
 
 from pnlm.checkpoint import MANIFEST_FILE, read_json
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.hf import read_hf_config, spec_from_hf
+from pnlm.hf import folder_tokenizer, read_hf_config, spec_from_hf, weight_files
 from pnlm.spec import ModelSpec
-from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from pnlm.tokenizer import Tokenizer
 from pnlm.weights import QUANTIZED_ITEMSIZE, read_safetensors_header
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -62,23 +62,8 @@ def read_model_folder(path: str | Path) -> ModelFolder:
             raise CheckpointError(f"{source}: quantization must be affine, bits one of {BITS} and group_size 32, "
                                   f"64 or 128, not {q!r}"[:400])
         quantization = Quantization(int(q["bits"]), int(q["group_size"]))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and Path(f).name == f
-                                                       for f in weight_map.values()):
-            raise CheckpointError(f"{index}: weight_map must map tensor names to file names in the folder")
-        files = [path / name for name in sorted(set(weight_map.values()))]
-    else:
-        files = [path / "model.safetensors"]
+    files = weight_files(path)
     for file in files:
-        if not file.is_file():
-            raise CheckpointError(f"{path}: weights file {file.name} is missing")
         read_safetensors_header(file, QUANTIZED_ITEMSIZE)  # bounded and checked before MLX reads it
-    if not (path / TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{path}: no {TOKENIZER_FILE}; pnlm runs folders with its SentencePiece tokenizer "
-                              f"(those `pnlm export` writes)")
-    tokenizer = load_tokenizer(path / TOKENIZER_FILE)
-    if tokenizer.vocab_size != spec.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
+    tokenizer = folder_tokenizer(path, spec)
     return ModelFolder(path, spec, tokenizer, files, quantization)

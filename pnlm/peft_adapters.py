@@ -23,7 +23,7 @@ from pnlm.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkp
 from pnlm.atomic import atomic_dir
 from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint, read_json
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.hf import export_hf
+from pnlm.hf import write_hf_folder
 from pnlm.lora import LAYER_MODULES, LoraSpec, check_adapters
 from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
 
@@ -55,7 +55,7 @@ def write_peft(adapters_path: str | Path, out: str | Path) -> Path:
                               f"export a whole model with --format hf")
     adapter = load_adapter_checkpoint(adapters_path)
     with atomic_dir(out) as tmp:
-        export_hf(adapter.base_path, tmp / BASE_FOLDER)
+        write_hf_folder(adapter.base, tmp / BASE_FOLDER)  # the base load_adapter_checkpoint verified
         config = peft_config(adapter.lora, str((out / BASE_FOLDER).resolve()))
         (tmp / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         save_safetensors({f"{PREFIX}{name}{SUFFIX}": array for name, array in adapter.adapters.items()},

@@ -2,16 +2,21 @@
 CPU's logits, a train step never makes the host wait for the device, compiled bfloat16 trains like eager,
 and `pretrain --backend cuda` reports its MFU."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import pnlm
 from pnlm.backends import make_train_step
-from pnlm.backends.torch.model import Transformer
 from pnlm.spec import PRESETS, OptimizerSpec
 from pnlm.training.batches import Batch
 from pnlm.weights import init_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from gpu_check import cuda_logit_difference  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -23,22 +28,8 @@ def batch(spec, rows=4, seed=0, experts=False):
 
 
 def test_cuda_logits_equal_cpu_logits_in_float32():
-    spec = PRESETS["tiny"]
-    weights = init_weights(spec, 0)
-    tokens = torch.from_numpy(np.random.default_rng(1).integers(0, spec.vocab_size, (2, 64)))
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        logits = {}
-        for device in ("cpu", "cuda"):
-            with torch.device(device):
-                model = Transformer(spec)
-            model.load_canonical(weights)
-            with torch.no_grad():
-                logits[device] = model(tokens.to(device)).cpu()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    assert (logits["cpu"] - logits["cuda"]).abs().max() < 1e-4
+    difference, _ = cuda_logit_difference("tiny", 2, 64)  # bench/gpu_check.py, which records it for slm-126m
+    assert difference < 1e-4
 
 
 @pytest.mark.parametrize("preset", ["tiny", "pn-tiny"])

@@ -152,7 +152,8 @@ class TrainStep:
         if batch.soft_targets is not None:  # (indices,) log-probabilities; no indices for whole distributions
             indices, logprobs = batch.soft_targets
             soft = (() if indices is None else (indices.astype(np.int32),)) + (logprobs.astype(np.float32),)
-        expert = batch.expert
+        # Checked against the whole batch before any slice of it is taken (a miscount is one clear error).
+        expert = None if batch.expert is None else expert_indices(batch.expert, len(inputs))
         slices = micro_batch_rows(len(inputs), micro_batches)
         routings = [_routing(expert if np.ndim(expert) == 0 else np.asarray(expert)[rows], len(rows)) for rows in slices]
         return StagedBatch(inputs.astype(np.int32), targets.astype(np.int32), mask, slices, routings, soft)
@@ -192,10 +193,11 @@ class TrainStep:
             expert: int | np.ndarray | None = None) -> tuple[float, int]:
         """Summed negative log-likelihood of the counted targets, and their number (no update)."""
         self.model.eval()
-        x, y, m = _arrays(inputs, targets, mask)
-        total = self._nll_sum(x, y, m, *(mx.array(a) for a in _routing(expert, len(inputs))))
+        staged = self.stage(Batch(inputs, targets, mask, expert))
+        total = self._nll_sum(mx.array(staged.inputs), mx.array(staged.targets), mx.array(staged.mask),
+                              *(mx.array(a) for a in staged.routings[0]))
         mx.eval(total, self.model.state)
-        return float(total.item()), int(np.asarray(m).sum())
+        return float(total.item()), int(staged.mask.sum())
 
     def log_probs(self, inputs: np.ndarray, expert: int | np.ndarray | None = None) -> np.ndarray:
         """Next-token log-probabilities (batch, time, vocab), float32 (a teacher's)."""
@@ -247,8 +249,3 @@ def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[np.ndarray, np
         return np.array([int(indices or 0)], dtype=np.int32), np.zeros((rows,), dtype=np.uint32)
     present, row_slot = group_rows(indices)
     return present.astype(np.int32), row_slot.astype(np.uint32)
-
-
-def _arrays(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> tuple[mx.array, mx.array, mx.array]:
-    inputs, targets, mask = batch_arrays(inputs, targets, mask)
-    return mx.array(inputs.astype(np.int32)), mx.array(targets.astype(np.int32)), mx.array(mask)
