@@ -14,7 +14,38 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeRemainingColumn)
 
 T = TypeVar("T")
-console = Console(stderr=True)
+# Bars are drawn on a terminal only: in a log they would be a blank line, or a last frame, per bar.
+# soft_wrap: a line is never broken by rich (a log file keeps a path whole); a terminal wraps what is wider.
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def log_line(record: dict, steps: int) -> str:
+    """One plain line for a metrics record (for logs, where no bar is drawn): step, loss, lr, tokens/s, ETA,
+    peak memory, and the validation figures at an evaluation."""
+    step, elapsed = record["step"], record.get("elapsed_s", 0.0)
+    eta = elapsed / max(step, 1) * max(steps - step, 0)
+    parts = [f"step {step}/{steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
+             f"{record['tokens_per_s']:,.0f} tokens/s", f"eta {_duration(eta)}",
+             f"peak host {record['peak_host_mib']:,.0f} MiB"]
+    if "peak_device_mib" in record:
+        parts.append(f"peak device {record['peak_device_mib']:,.0f} MiB")
+    if "val_loss" in record:
+        parts.append(f"val_loss {record['val_loss']:.4f} (ppl {record['val_ppl']:.2f})")
+    if "val_kl" in record:
+        parts.append(f"val_kl {record['val_kl']:.4f}")
+    return "  ".join(parts)
+
+
+def write_line(line: str) -> None:
+    """A line on stderr as it is: no markup, no wrapping, flushed (a log read while it grows is up to date)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def print_json(data: object) -> None:
@@ -25,7 +56,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, unit: 
     """Iterate with a progress bar that shows the count and the rate."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=total, rate="")
         start = time.perf_counter()
         for n, item in enumerate(items, 1):
@@ -41,7 +72,7 @@ class RateCounter:
         self.unit = unit
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                  TextColumn("[cyan]{task.fields[status]}"), TimeElapsedColumn(), console=console,
-                                 transient=True)
+                                 transient=True, disable=not console.is_terminal)
         self.task = self.progress.add_task(description, total=None, status="")
         self.start = time.perf_counter()
 
@@ -64,7 +95,7 @@ class StepProgress:
     def __init__(self, description: str, total: int) -> None:
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("[cyan]{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=console, transient=True)
+                                 TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
         self.task = self.progress.add_task(description, total=total, status="")
 
     def __enter__(self) -> "StepProgress":
@@ -86,7 +117,7 @@ def window_progress() -> Iterator[Callable[[str, int, int], None]]:
     """
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn())
-    bar = Progress(*columns, console=console)
+    bar = Progress(*columns, console=console, disable=not console.is_terminal)
     tasks: dict[str, tuple[Any, float]] = {}
 
     def update(description: str, done: int, total: int) -> None:
@@ -105,24 +136,39 @@ def window_progress() -> Iterator[Callable[[str, int, int], None]]:
             bar.stop()
 
 
+def training_progress(json_out: bool, log_to: list[str]):
+    """What a training command reports with: its bar (or plain lines), and the metric logs --log-to names."""
+    from pnlm.training.metric_logs import ProgressGroup, metric_logs
+
+    return ProgressGroup(TrainingBar(summaries=not json_out), *metric_logs(log_to))
+
+
 class TrainingBar:
-    """pnlm.training.runs.TrainingProgress drawn with rich: a bar per run, a note before it, its summary after it
-    (summaries=False: a JSON caller prints them itself)."""
+    """pnlm.training.runs.TrainingProgress drawn with rich on a terminal: a bar per run, a note before it, its
+    summary after it (summaries=False: a JSON caller prints them itself). Where stderr is not a terminal (a
+    log file, a cluster job), one plain line per log step and per evaluation instead of the bar."""
 
     def __init__(self, summaries: bool = True) -> None:
-        self.summaries, self.bar = summaries, None
+        self.summaries, self.bar, self.steps = summaries, None, 0
+        self.plain = not console.is_terminal
 
     def started(self, run, steps: int, note: str = "") -> None:
         if note and self.summaries:
             console.print(f"{note}:" if note.startswith("expert") else note)
-        self.bar = StepProgress("training", steps).__enter__()
+        self.steps = steps
+        if not self.plain:
+            self.bar = StepProgress("training", steps).__enter__()
 
     def logged(self, record: dict) -> None:
+        if self.plain:
+            write_line(log_line(record, self.steps))
+            return
         status = f"loss {record['loss']:.3f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
         if "val_loss" in record:
             status += f", val {record['val_loss']:.3f}"
         if "val_kl" in record:
             status += f", kl {record['val_kl']:.3f}"
+        status += f", peak {record['peak_host_mib']:,.0f} MiB"
         self.bar.update(record["step"], status)
 
     def failed(self) -> None:
@@ -135,10 +181,13 @@ class TrainingBar:
         if not self.summaries:
             return
         mfu = f", MFU {summary.mfu:.1%}" if summary.mfu is not None else ""
+        peaks = summary.peak_memory
+        device = f", device {peaks['peak_device_mib']:,.0f} MiB" if "peak_device_mib" in peaks else ""
+        memory = f"; peak memory: host {peaks.get('peak_host_mib', 0):,.0f} MiB{device}"
         best = f"; best validation loss {summary.best_val_loss:.4f} in {summary.out / 'best'}" \
             if summary.best_val_loss else ""
         console.print(f"{summary.steps} steps, {summary.tokens:,} tokens in {summary.seconds:.1f} s "
                       f"({summary.tokens_per_s:,} tokens/s, {summary.flops:.3g} FLOPs, {summary.device_hours:.4f} "
                       f"device-hours{mfu}); final loss {summary.final_loss:.4f}{best}; "
-                      f"resumable checkpoint in {summary.out / 'latest'}"
+                      f"resumable checkpoint in {summary.out / 'latest'}{memory}"
                       + ("; stopped early" if summary.stopped_early else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 import pnlm
 from pnlm.api.data import ReadOptions
@@ -14,17 +15,25 @@ from pnlm.data import TXT_MODES, ReadStats
 
 app = typer.Typer(no_args_is_help=True, help="Prepare corpora: tokenizer, token store, clusters.")
 
-INPUTS_HELP = ("Corpus files: .jsonl[.gz] (one JSON object a line with a text field), .txt[.gz] (one document a "
-               "file, or a document per blank-line-separated block with --txt-mode blank-line), .parquet (a text column).")
+INPUTS_HELP = ("Corpus files, folders (read recursively) or glob patterns: .jsonl[.gz] (one JSON object a line with "
+               "a text field), .txt/.md[.gz] (one document a file, or a document per blank-line-separated block with "
+               "--txt-mode blank-line), .html/.htm[.gz] (the page's main text), .parquet (a text column).")
 TEXT_FIELD = typer.Option("text", "--text-field", help="JSONL key or Parquet column holding the text.")
 TXT_MODE = typer.Option("file", "--txt-mode", help=f"How .txt files split into documents: {' or '.join(TXT_MODES)}.")
-SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip and count malformed JSONL records instead of stopping at the first.")
+SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip malformed JSONL records and unreadable files (named in the "
+                        "summary) instead of stopping at the first.")
 MAX_DOCUMENTS = typer.Option(0, "--max-documents", help="Read only the first N documents of the inputs (0: all).")
 
 
-def _report_skipped(stats: ReadStats) -> None:
+def _report_read(stats: ReadStats) -> None:
+    kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(stats.by_type.items()))
+    other = f"; {stats.other_files:,} files of other types ignored" if stats.other_files else ""
+    console.print(f"read {stats.documents:,} documents ({kinds}){other}", highlight=False)
     if stats.bad:
-        console.print(f"[yellow]skipped {stats.bad:,} bad records[/yellow]; the first: {stats.first_bad}", highlight=False)
+        console.print(f"[yellow]skipped {stats.bad:,} bad records[/yellow]; the first: {escape(str(stats.first_bad))}",
+                      highlight=False)
+    for problem in stats.bad_files:
+        console.print(f"[yellow]skipped a bad file[/yellow]: {escape(problem)}", highlight=False)
 
 
 @app.command("tokenizer")
@@ -45,7 +54,7 @@ def tokenizer(
     with RateCounter("reading documents", "docs") as counter:
         trained = pnlm.train_tokenizer(inputs, vocab_size, out, max_sentences=max_sentences, read=read,
                                        overwrite=overwrite, on_document=counter.update)
-    _report_skipped(trained.read)
+    _report_read(trained.read)
     tok, result = trained.tokenizer, trained.to_json()
     if json_out:
         print_json(result)
@@ -83,7 +92,7 @@ def prepare(
     if json_out:
         print_json(result)
         return
-    _report_skipped(prepared.read)
+    _report_read(prepared.read)
     for split, counts in store.meta["splits"].items():
         console.print(f"{split:>5}: {counts['documents']:,} documents, {counts['tokens']:,} tokens, {counts['windows']:,} windows")
     console.print(f"{prepared.tokens:,} tokens in {prepared.seconds:.1f} s ({result['tokens_per_s']:,} tokens/s); "

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 import pnlm
-from pnlm.cli.console import TrainingBar, print_json
-from pnlm.cli.options import BACKEND_HELP, LOG_EVERY_HELP, PRECISION_HELP
+from pnlm.cli.config_file import CONFIG
+from pnlm.cli.console import print_json, training_progress
+from pnlm.cli.options import BACKEND_HELP, LOG_EVERY_HELP, LOG_TO, PRECISION_HELP
 
 
 def distill(
@@ -34,6 +35,8 @@ def distill(
     log_every: int | None = typer.Option(None, "--log-every", help=LOG_EVERY_HELP, show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet."),
+    log_to: list[str] = LOG_TO,
+    config: Path | None = CONFIG,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Distill: the student learns the domain's tokens and the teacher's distributions at once."""
@@ -41,6 +44,6 @@ def distill(
                            cache_top_k=cache_top_k, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
                            eval_batches=eval_batches, patience=patience, early_stop=early_stop, precision=precision,
                            checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, resume=resume,
-                           progress=TrainingBar(summaries=not json_out))
+                           progress=training_progress(json_out, log_to))
     if json_out and summary is not None:
         print_json(summary.to_json())

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 import pnlm.experiment
 from pnlm.cli.console import RateCounter, TrainingBar, console, print_json, window_progress
@@ -34,9 +35,16 @@ class DataBars(DataProgress):
 @app.command("report")
 def report(
     out: Path = typer.Argument(..., help="An experiment folder (`pnlm experiment run --out DIR`)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """(Re)write DIR/report.md and DIR/plots/ from the CSV files: the paper's tables 1, 2, 4, 7, 8, 9."""
-    console.print(f"report written to {pnlm.experiment.write_report(out)}")
+    path = pnlm.experiment.write_report(out)
+    plots = sorted(str(p) for p in (Path(out) / "plots").glob("*.png"))
+    if json_out:
+        print_json({"report": str(path), "plots": plots})
+    else:
+        console.print(escape(f"report written to {path}" + ("" if plots else " (no plots: they need matplotlib, "
+                                                              "pip install 'pnlm[report]')")))
 
 
 @app.command("run")

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 import pnlm
-from pnlm.cli.console import TrainingBar, print_json
-from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, PRECISION_HELP
+from pnlm.cli.config_file import CONFIG
+from pnlm.cli.console import print_json, training_progress
+from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, LOG_TO, PRECISION_HELP
 
 
 def pretrain(
@@ -44,6 +45,8 @@ def pretrain(
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet "
                                 "(one command line for a job that may be killed and restarted)."),
+    log_to: list[str] = LOG_TO,
+    config: Path | None = CONFIG,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Pretrain from scratch on a token store (AdamW, warmup + cosine decay, clipping)."""
@@ -52,6 +55,6 @@ def pretrain(
                             batch_size=batch_size, grad_accum=grad_accum, lr=lr, precision=precision,
                             compile=compile_model, fsdp=fsdp, warmup=warmup, eval_every=eval_every,
                             checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, resume=resume,
-                            progress=TrainingBar(summaries=not json_out))
+                            progress=training_progress(json_out, log_to))
     if json_out and summary is not None:
         print_json(summary.to_json())

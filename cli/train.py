@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 import pnlm
-from pnlm.cli.console import TrainingBar, console, print_json
-from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, OVERWRITE, PRECISION_HELP
+from pnlm.cli.config_file import CONFIG
+from pnlm.cli.console import console, print_json, training_progress
+from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, LOG_TO, OVERWRITE, PRECISION_HELP
 
 
 def finetune(
@@ -39,6 +40,8 @@ def finetune(
     seed: int = typer.Option(0, "--seed", help="Seed of the data order (and of the weights with --from-scratch)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its latest checkpoint, exactly; start it when it has none yet "
                                 "(one command line for a job that may be killed and restarted)."),
+    log_to: list[str] = LOG_TO,
+    config: Path | None = CONFIG,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary instead of text."),
 ) -> None:
     """Fine-tune a checkpoint on a domain's data, keeping the weights with the best validation loss."""
@@ -47,7 +50,7 @@ def finetune(
                             precision=precision, compile=compile_model, eval_every=eval_every,
                             eval_batches=eval_batches, patience=patience, early_stop=early_stop,
                             from_scratch=from_scratch, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, resume=resume,
-                            progress=TrainingBar(summaries=not json_out))
+                            progress=training_progress(json_out, log_to))
     if json_out and summary is not None:
         print_json(summary.to_json())
 
@@ -57,10 +60,14 @@ def fuse_command(
     out: Path = typer.Option(..., "--out", help="The plain checkpoint to write."),
     base: Path | None = typer.Option(None, "--base", help="The base checkpoint, if it moved since training."),
     overwrite: bool = OVERWRITE,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Merge LoRA adapters into their base: a plain checkpoint, W + (alpha/rank)·B·A in every adapted layer."""
     path = pnlm.fuse(adapters, out, base=base, overwrite=overwrite)
-    console.print(f"fused {adapters} into {path}")
+    if json_out:
+        print_json({"out": str(path), "adapters": str(adapters)})
+    else:
+        console.print(f"fused {adapters} into {path}")
 
 
 def eval_command(

@@ -12,7 +12,6 @@ turns base + adapters into a plain checkpoint.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from pnlm.checkpoint import (ADAPTER_FILE, ADAPTER_FORMAT, CONFIG_FILE, VERSION,
                              verify_checkpoint, write_json, write_manifest, write_training_state)
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.lora import LoraSpec, check_adapters, fuse
-from pnlm.tokenizer import TOKENIZER_FILE, file_sha256, load_tokenizer
+from pnlm.tokenizer import file_sha256, load_tokenizer
 from pnlm.weights import load_safetensors, save_safetensors
 
 
@@ -50,13 +49,12 @@ def save_adapter_checkpoint(path: str | Path, base_path: str | Path, base: Check
     check_adapters(adapters, base.spec, lora, str(path))
     with atomic_dir(path) as tmp:
         config = {"format": ADAPTER_FORMAT, "version": VERSION, "method": method, "spec": base.spec.to_dict(),
-                  "tokenizer": {"file": TOKENIZER_FILE, "sha256": base.tokenizer.sha256},
+                  "tokenizer": {"file": base.tokenizer.path.name, "sha256": base.tokenizer.sha256},
                   "adapter": lora.to_dict(),
                   "base": {"path": str(base_path), "sha256": file_sha256(base_path / WEIGHTS_FILE)}}
         write_json(tmp / CONFIG_FILE, config)
         save_safetensors(adapters, tmp / ADAPTER_FILE, metadata={"format": "pt"})
-        shutil.copyfile(base.tokenizer.path, tmp / TOKENIZER_FILE)
-        names = [CONFIG_FILE, ADAPTER_FILE, TOKENIZER_FILE]
+        names = [CONFIG_FILE, ADAPTER_FILE, *base.tokenizer.copy_to(tmp)]
         names += write_training_state(tmp, optimizer_state, trainer_state)
         write_manifest(tmp, names, base.tokenizer, ADAPTER_FORMAT)
     return path
@@ -91,7 +89,7 @@ def load_adapter_checkpoint(path: str | Path, base: str | Path | None = None) ->
         raise CheckpointError(f"{path}: its base {base_path} has other weights than the ones it was trained on")
     if base_checkpoint.spec != spec:
         raise CheckpointError(f"{path}: its base {base_path} has another shape than config.json records")
-    tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+    tokenizer = load_tokenizer(path)
     if tokenizer.sha256 != base_checkpoint.tokenizer.sha256:
         raise CheckpointError(f"{path}: its tokenizer differs from its base's")
     adapters = load_safetensors(path / ADAPTER_FILE)

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from pnlm.atomic import atomic_dir
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.json_object import read_json_object
 from pnlm.spec import ModelSpec
-from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, file_sha256, load_tokenizer
+from pnlm.tokenizer import TOKENIZER_FILE_SETS, Tokenizer, file_sha256, load_tokenizer, tokenizer_file_names, tokenizer_sha256
 from pnlm.weights import check_shapes, load_safetensors, save_safetensors
 
 FORMAT = "pnlm-checkpoint"
@@ -34,10 +33,10 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
-CORE_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE}
+CORE_FILES = {CONFIG_FILE, WEIGHTS_FILE}  # and one of TOKENIZER_FILE_SETS
 ADAPTER_FORMAT = "pnlm-adapter"
 ADAPTER_FILE = "adapters.safetensors"
-KINDS = {FORMAT: CORE_FILES, ADAPTER_FORMAT: {CONFIG_FILE, ADAPTER_FILE, TOKENIZER_FILE}}
+KINDS = {FORMAT: CORE_FILES, ADAPTER_FORMAT: {CONFIG_FILE, ADAPTER_FILE}}
 OPTIONAL_FILES = {OPTIMIZER_FILE, TRAINER_FILE}
 MAX_JSON_BYTES = 1 << 20
 
@@ -74,11 +73,10 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, weights: dict[str, np.nda
     check_shapes({name: tuple(array.shape) for name, array in weights.items()}, spec, str(path))
     with atomic_dir(path) as tmp:
         config = {"format": FORMAT, "version": VERSION, "method": method, "spec": spec.to_dict(),
-                  "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256}, **(extra or {})}
+                  "tokenizer": {"file": tokenizer.path.name, "sha256": tokenizer.sha256}, **(extra or {})}
         write_json(tmp / CONFIG_FILE, config)
         save_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        shutil.copyfile(tokenizer.path, tmp / TOKENIZER_FILE)
-        names = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE]
+        names = [CONFIG_FILE, WEIGHTS_FILE, *tokenizer.copy_to(tmp)]
         names += write_training_state(tmp, optimizer_state, trainer_state)
         write_manifest(tmp, names, tokenizer, FORMAT)
     return path
@@ -100,7 +98,7 @@ def write_training_state(folder: Path, optimizer_state: dict[str, np.ndarray] | 
 def write_manifest(folder: Path, names: list[str], tokenizer: Tokenizer, kind: str) -> None:
     """Last file of a save: the sha256 of every other one."""
     files = {name: file_sha256(folder / name) for name in names}
-    if files[TOKENIZER_FILE] != tokenizer.sha256:
+    if tokenizer_sha256({name: files[name] for name in tokenizer.files}) != tokenizer.sha256:
         raise CheckpointError(f"{tokenizer.path}: changed on disk while saving")
     write_json(folder / MANIFEST_FILE, {"format": kind, "version": VERSION, "sha256": files})
 
@@ -133,10 +131,11 @@ def verify_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
     if manifest.get("format") == ADAPTER_FORMAT and kind == FORMAT:
         raise CheckpointError(f"{path}: holds LoRA adapters, not a whole model; load it with pnlm.load "
                               f"or make a plain checkpoint with `pnlm fuse {path} --out DIR`")
-    if (manifest.get("format") != kind or not isinstance(hashes, dict) or not core <= set(hashes)
-            or not set(hashes) <= core | OPTIONAL_FILES):
+    tokenizer_files = tokenizer_file_names(hashes) if isinstance(hashes, dict) else None
+    if (manifest.get("format") != kind or not isinstance(hashes, dict) or tokenizer_files is None
+            or not core <= set(hashes) or not set(hashes) <= core | set(tokenizer_files) | OPTIONAL_FILES):
         raise CheckpointError(f"{path / MANIFEST_FILE}: not a pnlm manifest (format {kind!r} with the sha256 of "
-                              f"{', '.join(sorted(core))})")
+                              f"{', '.join(sorted(core))} and {' or '.join(' + '.join(s) for s in TOKENIZER_FILE_SETS)})")
     for name, expected in hashes.items():
         file = path / name
         if not file.is_file():
@@ -182,7 +181,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     config = verify_checkpoint(path)
     spec = read_spec(path, config)
-    tokenizer = load_tokenizer(path / TOKENIZER_FILE)
+    tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != spec.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
     weights = load_safetensors(path / WEIGHTS_FILE, spec)

@@ -2,9 +2,10 @@
 Llama folder as a pnlm checkpoint.
 
 pnlm's canonical weights already carry the Llama names and layouts, so the weights pass unchanged;
-what this module writes and reads is the configuration around them. The tokenizer goes both ways
-as SentencePiece's tokenizer.model; on export, tokenizer.json (built by transformers from it, with a
-BOS token first, as pnlm encodes) makes `AutoTokenizer` give pnlm's ids.
+what this module writes and reads is the configuration around them. A SentencePiece tokenizer goes
+both ways as tokenizer.model; on export, tokenizer.json (built by transformers from it, with a BOS token
+first, as pnlm encodes) makes `AutoTokenizer` give pnlm's ids. A folder with tokenizer.json only (the
+`tokenizers` library's format, modern Llama-architecture models) imports with it and exports it back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from pnlm.atomic import atomic_dir
 from pnlm.checkpoint import Checkpoint, load_checkpoint, read_json, save_checkpoint
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.spec import ModelSpec
-from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from pnlm.tokenizer import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
 from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
 
 def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
@@ -72,8 +72,9 @@ def write_hf_folder(model: Checkpoint, out: str | Path) -> Path:
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "do_sample": False}, indent=2) + "\n")
         save_safetensors(model.weights, tmp / "model.safetensors", metadata={"format": "pt"})
-        shutil.copyfile(tokenizer.path, tmp / TOKENIZER_FILE)
-        _write_hf_tokenizer(tmp, model.spec.context)
+        tokenizer.copy_to(tmp)
+        if tokenizer.path.name == TOKENIZER_FILE:
+            _write_hf_tokenizer(tmp, model.spec.context)
     return Path(out)
 
 
@@ -186,7 +187,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{
 
 def model_folder(source: str | Path) -> Path:
     """A local folder as it is; a Hugging Face Hub id (owner/name) that is not a local path, downloaded into the
-    Hub's cache with huggingface_hub: config.json and tokenizer.model first, checked, and only then the
+    Hub's cache with huggingface_hub: config.json and the tokenizer first, checked, and only then the
     weights (a model pnlm would refuse is refused before gigabytes come down)."""
     path = Path(source)
     if path.exists() or str(source).startswith((".", "/", "~")) or not HUB_ID.fullmatch(str(source)):
@@ -205,20 +206,18 @@ def model_folder(source: str | Path) -> Path:
             raise PnlmError(f"{source}: no such folder, and it could not be downloaded from the Hugging Face "
                             f"Hub ({type(exc).__name__}: {reason})"[:500]) from None
 
-    folder = download(["config.json", TOKENIZER_FILE])
-    spec_from_hf(read_hf_config(folder), f"{source}: config.json")
-    if not (folder / TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{source}: no {TOKENIZER_FILE} at the top of the repository; pnlm needs the "
-                              f"SentencePiece tokenizer model (tokenizer.json alone is not read yet)")
-    return download(["config.json", TOKENIZER_FILE, "model*.safetensors", "model.safetensors.index.json",
+    tokenizer_files = [TOKENIZER_FILE, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG]
+    folder = download(["config.json", *tokenizer_files])
+    folder_tokenizer(folder, spec_from_hf(read_hf_config(folder), f"{source}: config.json"))
+    return download(["config.json", *tokenizer_files, "model*.safetensors", "model.safetensors.index.json",
                      "generation_config.json"])
 
 
 def folder_tokenizer(folder: Path, spec: ModelSpec) -> Tokenizer:
-    """A Llama folder's tokenizer.model, checked against config.json's vocabulary."""
-    if not (folder / TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{folder}: no {TOKENIZER_FILE}; pnlm needs the SentencePiece tokenizer model")
-    tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+    """A Llama folder's tokenizer (tokenizer.model, else tokenizer.json), checked against config.json's vocabulary."""
+    if not (folder / TOKENIZER_FILE).is_file() and not (folder / HF_TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{folder}: no {TOKENIZER_FILE} or {HF_TOKENIZER_FILE}; pnlm needs the model's tokenizer")
+    tokenizer = load_tokenizer(folder)
     if tokenizer.vocab_size != spec.vocab_size:
         raise CheckpointError(f"{folder}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
     return tokenizer

@@ -121,3 +121,23 @@ def check_fits(estimate: MemoryEstimate, what: str, backend: str = "torch", advi
         if free is not None and needed > free:
             raise PnlmError(f"{what} needs about {needed / GIB:.1f} GiB ({estimate.describe()} GiB); {where} has "
                             f"{free / GIB:.1f} GiB free{'; ' + advice if advice else ''}")
+
+
+MIB = 1 << 20
+
+
+def peak_host_bytes() -> int:
+    """This process's peak resident memory so far (the kernel's count: ru_maxrss, KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_memory_record(device_bytes: int | None) -> dict[str, float]:
+    """The peaks a log line and a run summary carry, in MiB: the host's, and the device's where it has its own
+    memory (CUDA, Metal; a CPU run's memory is the host's)."""
+    record = {"peak_host_mib": round(peak_host_bytes() / MIB, 1)}
+    if device_bytes is not None:
+        record["peak_device_mib"] = round(device_bytes / MIB, 1)
+    return record

@@ -47,7 +47,7 @@ def is_model_folder(path: str | Path) -> bool:
 
 
 def read_model_folder(path: str | Path) -> ModelFolder:
-    """Its spec, tokenizer (tokenizer.model), weight files (headers checked) and quantization."""
+    """Its spec, tokenizer (tokenizer.model or tokenizer.json), weight files (headers checked) and quantization."""
     path = Path(path)
     config = read_hf_config(path)
     source = str(path / "config.json")

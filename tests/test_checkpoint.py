@@ -142,9 +142,7 @@ def test_save_killed_midway_never_leaves_a_loadable_partial(tmp_path, tokenizer)
         for leftover in tmp_path.iterdir():
             if leftover == target:
                 continue
+            # Hidden, never the target: .ckpt.tmp-* a save in progress (complete too, when the kill fell between
+            # its manifest and its rename), .ckpt.old-* the previous checkpoint, moved aside between the two renames.
             assert leftover.name.startswith((".ckpt.tmp-", ".ckpt.old-"))
-            if leftover.name.startswith(".ckpt.tmp-"):  # a save in progress never verifies
-                with pytest.raises(CheckpointError):
-                    verify_checkpoint(leftover)
-            # .ckpt.old-*: the previous checkpoint, moved aside in the instant between the two renames.
     assert target.exists(), "six kills never let one save finish: make the model smaller or wait longer"

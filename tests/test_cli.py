@@ -86,3 +86,33 @@ def test_prepare_skip_bad_counts(tmp_path, tokenizer):
     report = json.loads(result.stdout)
     assert report["bad_records_skipped"] == 1 and report["empty_documents_skipped"] == 1
     assert report["splits"]["train"]["documents"] == 2
+
+
+def test_every_command_takes_json():
+    import typer.main
+
+    from pnlm.cli.app import app
+
+    def commands(command, path):
+        subcommands = getattr(command, "commands", None)
+        if not subcommands:
+            yield " ".join(path), command
+            return
+        for name, sub in subcommands.items():
+            yield from commands(sub, [*path, name])
+
+    found = dict(commands(typer.main.get_command(app), []))
+    assert len(found) >= 19 and "experiment report" in found and "import" in found
+    without = [name for name, command in found.items()
+               if "--json" not in {opt for param in command.params for opt in getattr(param, "opts", [])}]
+    assert not without, f"commands without --json: {without}"
+
+
+def test_export_and_import_print_json(tmp_path, tiny_checkpoint):
+    exported = pnlm_cli("export", tiny_checkpoint, "--out", tmp_path / "hf", "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["format"] == "hf" and json.loads(exported.stdout)["bytes"] > 0
+    imported = pnlm_cli("import", tmp_path / "hf", "--out", tmp_path / "again", "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout) == {"out": str(tmp_path / "again"), "source": str(tmp_path / "hf"),
+                                           "kind": "checkpoint"}

@@ -113,3 +113,28 @@ def test_advise_on_the_command_line(folder):
                           "--domains", "1", "--domain-tokens", "1", "--inference-params", "1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nowhere" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_report_on_the_command_line_with_and_without_matplotlib(folder, tmp_path):
+    import json
+    import os
+
+    run = subprocess.run([sys.executable, "-m", "pnlm.cli", "experiment", "report", str(folder), "--json"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"report": str(folder / "report.md"),
+                                      "plots": sorted(str(p) for p in (folder / "plots").glob("*.png"))}
+    assert len(json.loads(run.stdout)["plots"]) == 2
+    # Where matplotlib cannot be imported, the tables are written and the report says how to get the plots.
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no matplotlib in this environment')\n")
+    for plot in (folder / "plots").glob("*.png"):
+        plot.unlink()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "pnlm.cli", "experiment", "report", str(folder)],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "no plots" in run.stderr and "pnlm[report]" in run.stderr
+    text = (folder / "report.md").read_text()
+    assert "Table 9" in text and "need matplotlib" in text and "plots/" not in text

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,32 +146,83 @@ def test_a_hub_id_without_network_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "imported").exists()
 
 
-def test_a_llama3_folder_with_scaled_rope_and_bfloat16_shards_imports_with_transformers_logits(tmp_path, tokenizer):
+SHARED_CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+def corpus_lines(count: int) -> list[str]:
+    """count non-empty lines of the shared corpora, as many from each domain (code keeps its indentation)."""
+    files = sorted(SHARED_CORPORA.glob("*.jsonl.gz"))
+    lines: list[str] = []
+    for file in files:
+        taken: list[str] = []
+        with gzip.open(file, "rt", encoding="utf-8") as f:
+            for record in f:
+                taken += [line for line in json.loads(record)["text"].split("\n") if line.strip()]
+                if len(taken) >= count // len(files) + 1:
+                    break
+        lines += taken[:count // len(files) + (1 if len(lines) < count % len(files) else 0)]
+    return lines[:count]
+
+
+def write_bpe_tokenizer_json(folder: Path) -> int:
+    """A byte-level BPE tokenizer.json (as Llama 3 ships, no tokenizer.model) with BOS first; its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    documents = [json.loads(line)["text"] for path in SAMPLE_DATA for line in gzip.open(path, "rt")][:60]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(documents, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", 0)])
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>"}))
+    return bpe.get_vocab_size()
+
+
+def test_a_llama3_folder_with_tokenizer_json_scaled_rope_and_bfloat16_shards_imports_fine_tunes_and_exports(tmp_path):
     import shutil
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    if not SHARED_CORPORA.is_dir():
+        pytest.skip(f"{SHARED_CORPORA}: the shared corpora are not beside the repository")
+    folder = tmp_path / "llama3"
+    vocab = write_bpe_tokenizer_json(folder)
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_parameters=rope, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+                         rope_parameters=rope, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
     torch.manual_seed(0)
-    folder = tmp_path / "llama3"
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(str(folder), max_shard_size="100KB")
-    assert len(list(folder.glob("model-*.safetensors"))) >= 2  # sharded, bfloat16
-    shutil.copyfile(tokenizer.path, folder / "tokenizer.model")
+    assert len(list(folder.glob("model-*.safetensors"))) >= 2 and not (folder / "tokenizer.model").exists()
     reference = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    tokens = np.random.default_rng(0).integers(3, tokenizer.vocab_size, (2, 200))  # well past the 64 positions
+    tokens = np.random.default_rng(0).integers(2, vocab, (2, 200))  # well past the 64 positions
     with torch.no_grad():
         theirs = reference(torch.from_numpy(tokens)).logits.numpy()
-    ckpt = pnlm.import_hf(folder, tmp_path / "imported")
+
+    result = pnlm_cli("import", folder, "--out", tmp_path / "imported")
+    assert result.returncode == 0, result.stderr
+    ckpt = tmp_path / "imported"
     for backend in ("torch", "mlx"):
         ours = pnlm.load(ckpt, backend=backend).logits(tokens)
         assert np.abs(ours - theirs).max() < 1e-4, (backend, np.abs(ours - theirs).max())
-    spec = pnlm.load(ckpt, backend="torch").spec
-    assert spec.rope_scaling is not None and spec.rope_scaling.original_context == 64
+    model = pnlm.load(ckpt, backend="torch")
+    assert model.spec.rope_scaling is not None and model.spec.rope_scaling.original_context == 64
+
+    lines = corpus_lines(1000)
+    assert len(lines) == 1000 and any(line.startswith((" ", "\t")) for line in lines)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    assert [model.tokenizer.encode(line) for line in lines] == hf_tokenizer(lines)["input_ids"]
+    assert model.tokenizer.decode(model.tokenizer.encode(lines[0])) == lines[0]
+
     # The scaling matters at these positions: the same weights with plain RoPE are far off.
     plain = tmp_path / "plain"
     shutil.copytree(folder, plain)
@@ -180,7 +232,16 @@ def test_a_llama3_folder_with_scaled_rope_and_bfloat16_shards_imports_with_trans
     (plain / "config.json").write_text(json.dumps(hf))
     unscaled = pnlm.load(pnlm.import_hf(plain, tmp_path / "plain-imported"), backend="torch").logits(tokens)
     assert np.abs(unscaled - theirs).max() > 1e-3  # measured 4.4e-3 (random weights: small logits)
-    exported = pnlm.export_hf(ckpt, tmp_path / "exported")
+
+    # An imported model is a checkpoint like any other: its tokenizer prepares data, MLX fine-tunes it.
+    store = pnlm.prepare([SAMPLE_DATA[0]], ckpt, 64, tmp_path / "store", valid_fraction=0.1, test_fraction=0.1)
+    assert store.store.tokenizer().sha256 == model.tokenizer.sha256
+    pnlm.finetune(ckpt, tmp_path / "store", tmp_path / "run", backend="mlx", steps=20, batch_size=4, lr=1e-3,
+                  eval_every=10, early_stop=False)
+    tuned = pnlm.load(tmp_path / "run" / "latest", backend="mlx")
+    exported = pnlm.export_hf(tmp_path / "run" / "latest", tmp_path / "exported")
     again = LlamaForCausalLM.from_pretrained(str(exported), dtype=torch.float32).eval()
     with torch.no_grad():
-        assert np.abs(again(torch.from_numpy(tokens)).logits.numpy() - theirs).max() < 1e-4
+        assert np.abs(again(torch.from_numpy(tokens)).logits.numpy() - tuned.logits(tokens)).max() < 1e-4
+    assert np.abs(tuned.logits(tokens) - theirs).max() > 1e-3  # the fine-tune changed the model
+    assert AutoTokenizer.from_pretrained(str(exported))(lines[:50])["input_ids"] == hf_tokenizer(lines[:50])["input_ids"]

@@ -137,6 +137,11 @@ class TrainStep:
         return "cpu" if on_cpu() else f"mlx-{mx.default_device()}"
 
     @property
+    def peak_device_bytes(self) -> int | None:
+        """The most Metal memory MLX has held at once (None on the CPU: the host's peak counts it)."""
+        return None if on_cpu() else int(mx.get_peak_memory())
+
+    @property
     def is_main(self) -> bool:
         """Whether this process writes checkpoints and metrics (always: MLX trains in one process here)."""
         return True

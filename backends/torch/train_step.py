@@ -84,6 +84,11 @@ class TrainStep:
     def devices(self) -> int:
         return self.world_size
 
+    @property
+    def peak_device_bytes(self) -> int | None:
+        """The most CUDA memory torch has held at once (None on the CPU: the host's peak counts it)."""
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 

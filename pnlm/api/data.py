@@ -52,7 +52,8 @@ class TokenizerResult:
     read: ReadStats = field(default_factory=ReadStats)
 
     def to_json(self) -> dict[str, Any]:
-        return {"out": str(self.out), "vocab_size": self.tokenizer.vocab_size, "sha256": self.tokenizer.sha256}
+        return {"out": str(self.out), "vocab_size": self.tokenizer.vocab_size, "sha256": self.tokenizer.sha256,
+                **self.read.to_json()}
 
 
 def train_tokenizer(inputs: Iterable[PathLike], vocab_size: int, out: PathLike, *, max_sentences: int = 2_000_000,
@@ -86,7 +87,7 @@ class PrepareResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.store.path), "context": self.store.context, "splits": self.store.meta["splits"],
-                "empty_documents_skipped": self.empty_documents, "bad_records_skipped": self.read.bad,
+                "empty_documents_skipped": self.empty_documents, **self.read.to_json(),
                 "seconds": round(self.seconds, 2), "tokens_per_s": round(self.tokens / max(self.seconds, 1e-9))}
 
 

@@ -113,7 +113,8 @@ def export_mlx(checkpoint: PathLike, out: PathLike, *, quantize: int | None = No
             convert_to_mlx(hf, tmp / "mlx", quantize, group_size)
             for entry in (tmp / "mlx").iterdir():
                 entry.rename(tmp / entry.name)
-            shutil.copyfile(hf / TOKENIZER_FILE, tmp / TOKENIZER_FILE)  # pnlm's tokenizer, for pnlm.load
+            if (hf / TOKENIZER_FILE).is_file():  # pnlm's SentencePiece tokenizer, for pnlm.load
+                shutil.copyfile(hf / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             shutil.rmtree(hf)
             (tmp / "mlx").rmdir()
     return out
@@ -135,7 +136,7 @@ def import_peft(folder: PathLike, base: PathLike, out: PathLike, *, overwrite: b
 
 
 def import_hf(folder: PathLike, out: PathLike, *, overwrite: bool = False) -> Path:
-    """A local Hugging Face Llama folder (safetensors, one file or shards, and tokenizer.model) as a
+    """A local Hugging Face Llama folder (safetensors, one file or shards, and tokenizer.model or tokenizer.json) as a
     pnlm checkpoint."""
     with writing_output(out, CHECKPOINT, overwrite, [folder]):
         return read_hf(folder, out)

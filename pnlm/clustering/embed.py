@@ -144,7 +144,7 @@ def check_tokenizer(store: TokenStore, tokenizer: Tokenizer) -> None:
 def window_texts(store: TokenStore, tokenizer: Tokenizer, split: str, begin: int, end: int) -> list[str]:
     """The decoded text of windows begin..end-1 of a split (BOS and EOS decode to nothing)."""
     tokens, lengths = store.batch(split, np.arange(begin, end))
-    return tokenizer.processor.decode([row[:length].tolist() for row, length in zip(tokens, lengths)])
+    return tokenizer.decode_batch([row[:length].tolist() for row, length in zip(tokens, lengths)])
 
 
 def cache_dir(store: TokenStore, embedder: Embedder) -> Path:

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pnlm.atomic import atomic_dir
 from pnlm.data.readers import ReadStats
 from pnlm.data.store import FORMAT, SPLITS, VERSION, TokenStore, token_dtype, window_bounds, write_meta
 from pnlm.errors import InputError
-from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from pnlm.tokenizer import Tokenizer, load_tokenizer
 
 CHUNK_DOCUMENTS = 64
 
@@ -62,7 +61,7 @@ def _init_worker(tokenizer_path: str) -> None:
 def _encode_chunk(texts: list[str], valid_fraction: float, test_fraction: float) -> list[tuple[str, np.ndarray]]:
     """(split, [BOS] + ids + [EOS]) for each document, in order."""
     assert _worker_tokenizer is not None
-    ids = _worker_tokenizer.processor.encode(texts)
+    ids = _worker_tokenizer.encode_batch(texts)
     bos, eos = _worker_tokenizer.bos_id, _worker_tokenizer.eos_id
     return [(split_of(text, valid_fraction, test_fraction), np.array([bos, *doc, eos], dtype=np.uint32))
             for text, doc in zip(texts, ids)]
@@ -162,6 +161,6 @@ def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Pat
             "bad_records_skipped": read_stats.bad if read_stats is not None else 0,
             "sources": sources or [],
         }
-        shutil.copyfile(tokenizer.path, folder / TOKENIZER_FILE)
+        tokenizer.copy_to(folder)
         write_meta(folder, meta)
     return TokenStore(out, verify=False), stats

@@ -4,22 +4,33 @@
   `text_field` names another key).
 - `.txt` / `.txt.gz`: the whole file is one document (`txt_mode="file"`), or documents are separated
   by one or more blank lines (`txt_mode="blank-line"`, read line by line).
+- `.md` / `.markdown` (`.gz` too): read as `.txt` is; markdown stays as it is written.
+- `.html` / `.htm` (`.gz` too): one document a file, its main text as trafilatura extracts it
+  (navigation, menus, footers and scripts left out); a page with no main text is an empty document.
 - `.parquet`: a string column `text` (or `text_field`), read one record batch at a time; nulls are
   empty documents.
 
+An input may be a file, a folder (every file in it and its subfolders with one of those suffixes,
+hidden ones left out, in name order; files of other types are counted in `ReadStats.other_files`) or a
+glob pattern (`docs/**/*.md`).
+
 Empty or whitespace-only documents are counted in `ReadStats.empty` and not yielded. With `skip_bad`,
 a JSONL line that is not UTF-8, not JSON, or lacks a string text field is counted in `ReadStats.bad`
-and skipped; every other problem (corrupt gzip or Parquet, a missing column, an over-long line, a
-file with no documents) always raises `InputError`, named by file and, where there is one, line.
+and skipped, and a file that cannot be read (corrupt gzip or Parquet, invalid UTF-8 in a text file, a
+missing column, an over-long line) is skipped from where it fails, its error kept in
+`ReadStats.bad_files`; without it, any of these raises `InputError`, named by file and, where there is
+one, line. A file named on its own with no documents is an error; one found in a folder or by a glob
+is not (a page with no main text, an empty note).
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
@@ -42,6 +53,13 @@ class ReadStats:
     empty: int = 0
     bad: int = 0
     first_bad: str | None = None  # the first skipped record's message, for a warning that shows one
+    by_type: dict[str, int] = field(default_factory=dict)  # documents per file type: txt, md, html, jsonl, parquet
+    bad_files: list[str] = field(default_factory=list)  # with skip_bad: the error of each file skipped
+    other_files: int = 0  # files of a folder or glob that are of no type pnlm reads
+
+    def to_json(self) -> dict[str, object]:
+        return {"documents_by_type": dict(sorted(self.by_type.items())), "bad_records_skipped": self.bad,
+                "bad_files_skipped": list(self.bad_files), "other_files_ignored": self.other_files}
 
 
 class _BadRecord(InputError):
@@ -203,6 +221,19 @@ def _read_txt(path: Path, opts: _Options) -> Iterator[str]:
         yield _read_all(path)
 
 
+def _read_html(path: Path, opts: _Options) -> Iterator[str]:
+    trafilatura = _trafilatura(path)
+    yield trafilatura.extract(_read_all(path), include_comments=False, include_tables=True) or ""
+
+
+def _trafilatura(path: Path):
+    try:
+        import trafilatura
+    except ImportError:
+        raise InputError(f"{path}: reading HTML needs trafilatura: pip install 'pnlm[data]'") from None
+    return trafilatura
+
+
 def _pyarrow_parquet(path: Path):
     try:
         import pyarrow.parquet as pq
@@ -258,36 +289,88 @@ def _read_parquet(path: Path, opts: _Options) -> Iterator[str]:
 
 
 Reader = Callable[[Path, _Options], Iterator[str]]
-_FORMATS: dict[str, tuple[Reader, bool]] = {  # suffix -> (reader, may be gzipped)
-    ".jsonl": (_read_jsonl, True),
-    ".txt": (_read_txt, True),
-    ".parquet": (_read_parquet, False),
+_FORMATS: dict[str, tuple[Reader, bool, str]] = {  # suffix -> (reader, may be gzipped, the type counted)
+    ".jsonl": (_read_jsonl, True, "jsonl"),
+    ".txt": (_read_txt, True, "txt"),
+    ".md": (_read_txt, True, "md"),
+    ".markdown": (_read_txt, True, "md"),
+    ".html": (_read_html, True, "html"),
+    ".htm": (_read_html, True, "html"),
+    ".parquet": (_read_parquet, False, "parquet"),
 }
 
 
-def reader_for(path: Path) -> Reader:
+def _format_of(path: Path) -> tuple[Reader, bool, str] | None:
     gz = _is_gz(path)
-    name = path.name[:-3] if gz else path.name
-    for suffix, (reader, compressible) in _FORMATS.items():
+    name = (path.name[:-3] if gz else path.name).lower()
+    for suffix, (reader, compressible, kind) in _FORMATS.items():
         if name.endswith(suffix) and (compressible or not gz):
-            return reader
-    known = ", ".join(suffix + ("[.gz]" if compressible else "") for suffix, (_, compressible) in _FORMATS.items())
-    raise InputError(f"{path}: unknown format; expected one of {known}")
+            return reader, compressible, kind
+    return None
+
+
+def _known_formats() -> str:
+    return ", ".join(suffix + ("[.gz]" if compressible else "") for suffix, (_, compressible, _) in _FORMATS.items())
+
+
+def reader_for(path: Path) -> Reader:
+    found = _format_of(path)
+    if found is None:
+        raise InputError(f"{path}: unknown format; expected one of {_known_formats()}")
+    return found[0]
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def expand_inputs(paths: Iterable[str | Path], stats: ReadStats | None = None) -> list[tuple[Path, bool]]:
+    """(file, named on its own) for every input: a file as it is, a folder's files of the known types
+    (recursively, hidden ones left out, in name order), a glob pattern's matches of the known types."""
+    stats = stats if stats is not None else ReadStats()
+    files: list[tuple[Path, bool]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            files.append((path, True))
+            continue
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+            where = f"{path}: a folder with no file of a type pnlm reads ({_known_formats()})"
+        elif glob.has_magic(str(raw)):
+            found = sorted(Path(p) for p in glob.glob(str(raw), recursive=True) if Path(p).is_file())
+            where = f"{raw}: the pattern matches no file of a type pnlm reads ({_known_formats()})"
+        else:
+            raise InputError(f"{path}: no such file or folder")
+        readable = [p for p in found if _format_of(p) is not None]
+        stats.other_files += len(found) - len(readable)
+        if not readable:
+            raise InputError(where)
+        files += [(p, False) for p in readable]
+    return files
 
 
 # --- documents ---------------------------------------------------------------------------------------
 
-def _documents(path: Path, reader: Reader, opts: _Options) -> Iterator[str]:
+def _documents(path: Path, explicit: bool, opts: _Options) -> Iterator[str]:
     stats = opts.stats
+    reader, _, kind = _format_of(path) or (reader_for(path), False, "")
     empty_before, bad_before, found = stats.empty, stats.bad, 0
-    for text in reader(path, opts):
-        if not text or text.isspace():
-            stats.empty += 1
-            continue
-        found += 1
-        stats.documents += 1
-        yield text
-    if not found:
+    try:
+        for text in reader(path, opts):
+            if not text or text.isspace():
+                stats.empty += 1
+                continue
+            found += 1
+            stats.documents += 1
+            stats.by_type[kind] = stats.by_type.get(kind, 0) + 1
+            yield text
+    except InputError as problem:
+        if not opts.skip_bad:
+            raise
+        stats.bad_files.append(str(problem))
+        return
+    if not found and explicit:
         raise _no_documents(path, stats.empty - empty_before, stats.bad - bad_before)
 
 
@@ -303,24 +386,24 @@ def iter_documents(
     skip_bad: bool = False,
     stats: ReadStats | None = None,
 ) -> Iterator[str]:
-    """Non-empty documents of every file in turn, as strings; `stats`, if given, is updated as they go.
+    """Non-empty documents of every file in turn (files, folders, glob patterns), as strings; `stats`, if
+    given, is updated as they go.
 
-    No files, missing files, unknown formats and a missing pyarrow fail here, before any reading.
+    No files, missing files, unknown formats and a missing pyarrow or trafilatura fail here, before any reading.
     """
     if txt_mode not in TXT_MODES:
         raise ValueError(f"txt_mode must be one of {', '.join(TXT_MODES)}, not {txt_mode!r}")
     if not text_field:
         raise ValueError("text_field must be a non-empty string")
-    sources = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+    stats = stats if stats is not None else ReadStats()
+    sources = expand_inputs(paths, stats)
+    for path, _ in sources:
         reader = reader_for(path)
         if reader is _read_parquet:
             _pyarrow_parquet(path)
-        sources.append((path, reader))
+        if reader is _read_html:
+            _trafilatura(path)
     if not sources:
         raise InputError("no input files")
-    opts = _Options(text_field, txt_mode, skip_bad, stats if stats is not None else ReadStats())
-    return (document for path, reader in sources for document in _documents(path, reader, opts))
+    opts = _Options(text_field, txt_mode, skip_bad, stats)
+    return (document for path, explicit in sources for document in _documents(path, explicit, opts))

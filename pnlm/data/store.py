@@ -27,7 +27,7 @@ import numpy as np
 from pnlm.atomic import atomic_file
 from pnlm.errors import InputError
 from pnlm.json_object import read_json_object
-from pnlm.tokenizer import TOKENIZER_FILE, Tokenizer, file_sha256, load_tokenizer
+from pnlm.tokenizer import TOKENIZER_FILE, TOKENIZER_FILE_SETS, Tokenizer, file_sha256, load_tokenizer, tokenizer_file_names
 
 FORMAT = "pnlm-token-store"
 VERSION = 2  # 2: meta.json holds the sha256 of every file
@@ -39,14 +39,15 @@ MAX_META_BYTES = 1 << 20
 DTYPES = ("uint16", "uint32")
 
 
-def data_files(splits: list[str] | tuple[str, ...]) -> list[str]:
-    """The files meta.json hashes: each split's tokens and windows, and the tokenizer."""
-    return [f"{split}{suffix}" for split in splits for suffix in (".tokens", ".windows.npy")] + [TOKENIZER_FILE]
+def data_files(splits: list[str] | tuple[str, ...], tokenizer_files: tuple[str, ...] = (TOKENIZER_FILE,)) -> list[str]:
+    """The files meta.json hashes: each split's tokens and windows, and the tokenizer's."""
+    return [f"{split}{suffix}" for split in splits for suffix in (".tokens", ".windows.npy")] + list(tokenizer_files)
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     """meta.json, written last, with the sha256 of every data file of the folder."""
-    hashes = {name: file_sha256(folder / name) for name in data_files(list(meta["splits"]))}
+    tokenizer_files = tokenizer_file_names(p.name for p in folder.iterdir()) or (TOKENIZER_FILE,)
+    hashes = {name: file_sha256(folder / name) for name in data_files(list(meta["splits"]), tokenizer_files)}
     with atomic_file(folder / META_FILE) as f:
         f.write((json.dumps({**meta, "sha256": hashes}, indent=2) + "\n").encode())
 
@@ -83,9 +84,10 @@ def check_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
             for c in splits.values()):
         problems.append(f"splits must map some of {', '.join(SPLITS)} to counts of documents, tokens and windows")
     hashes = meta.get("sha256")
-    if not problems and (not isinstance(hashes, dict) or set(hashes) != set(data_files(list(splits)))
+    tokenizer_files = (tokenizer_file_names(hashes) if isinstance(hashes, dict) else None) or TOKENIZER_FILE_SETS[0]
+    if not problems and (not isinstance(hashes, dict) or set(hashes) != set(data_files(list(splits), tokenizer_files))
                          or not all(isinstance(h, str) for h in hashes.values())):
-        problems.append(f"sha256 must give the hash of {', '.join(data_files(list(splits)))}")
+        problems.append(f"sha256 must give the hash of {', '.join(data_files(list(splits), tokenizer_files))}")
     if problems:
         raise InputError(f"{path}: {problems[0]}")
     return meta
@@ -168,6 +170,11 @@ class TokenStore:
         return str(self.meta["tokenizer_sha256"])
 
     @property
+    def tokenizer_files(self) -> tuple[str, ...]:
+        """The names of the tokenizer's files in the store (meta.json hashes them)."""
+        return tokenizer_file_names(self.meta["sha256"]) or TOKENIZER_FILE_SETS[0]
+
+    @property
     def name(self) -> str:
         return self.path.name
 
@@ -211,7 +218,7 @@ class TokenStore:
 
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the store was prepared with (a copy lives in the store), checked by its sha256."""
-        path = self.path / TOKENIZER_FILE
+        path = self.path / self.tokenizer_files[0]
         if not path.is_file():
             raise InputError(f"{self.path}: holds no copy of its tokenizer (prepared by an older pnlm); prepare it again")
         tokenizer = load_tokenizer(path)

@@ -17,7 +17,6 @@ import numpy as np
 from pnlm.atomic import atomic_dir
 from pnlm.data.store import CLUSTERS_FILE, TokenStore, labels_sha256, write_meta
 from pnlm.errors import InputError
-from pnlm.tokenizer import TOKENIZER_FILE
 
 
 def train_prefix_windows(store: TokenStore, train_tokens: int) -> int:
@@ -52,7 +51,8 @@ def subset_store(source: str | Path, out: str | Path, train_tokens: int) -> Toke
             for suffix in (".tokens", ".windows.npy", ".clusters.npy"):
                 if (store.path / f"{split}{suffix}").is_file() and (suffix != ".clusters.npy" or labels is not None):
                     shutil.copyfile(store.path / f"{split}{suffix}", folder / f"{split}{suffix}")
-        shutil.copyfile(store.path / TOKENIZER_FILE, folder / TOKENIZER_FILE)
+        for name in store.tokenizer_files:
+            shutil.copyfile(store.path / name, folder / name)
         if labels is not None:
             info = {**store.clusters_info(), "labels_sha256": labels_sha256(folder, store.splits)}
             (folder / CLUSTERS_FILE).write_text(json.dumps(info, indent=2) + "\n")

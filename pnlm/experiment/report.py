@@ -126,9 +126,12 @@ def per_domain_table(r: Results) -> str:
             "budget (steps in parentheses).\n\n" + _table(["method"] + r.domain_names, rows))
 
 
-def write_plots(r: Results, folder: Path) -> None:
-    import matplotlib
-
+def write_plots(r: Results, folder: Path) -> bool:
+    """The two figures, as PNG files in folder; False (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -162,6 +165,7 @@ def write_plots(r: Results, folder: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     _save(fig, folder / PLOTS[1])
+    return True
 
 
 def _save(fig, path: Path) -> None:
@@ -180,12 +184,14 @@ def write_report(folder: str | Path) -> Path:
     if not r.results:
         body = "No cell has finished yet."
     else:
-        write_plots(r, r.folder / "plots")
+        plotted = write_plots(r, r.folder / "plots")
         sections = [parameters_table(r), cost_per_token_table(r), perplexity_table(r)]
         sections += [fixed_cost_table(r, size) for size in r.sizes]
-        sections += [clusters_tables(r), per_domain_table(r),
-                     f"![perplexity against pretraining cost](plots/{PLOTS[0]})",
-                     f"![perplexity against specialization cost](plots/{PLOTS[1]})"]
+        sections += [clusters_tables(r), per_domain_table(r)]
+        sections += [f"![perplexity against pretraining cost](plots/{PLOTS[0]})",
+                     f"![perplexity against specialization cost](plots/{PLOTS[1]})"] if plotted else \
+            [f"(No plots: they need matplotlib, `pip install 'pnlm[report]'`, then `pnlm experiment report "
+             f"{r.folder}`.)"]
         body = "\n\n".join(sections)
     cells = len(r.results)
     head = (f"# Experiment {plan.get('name', r.folder.name)}\n\n"

@@ -35,6 +35,7 @@ from typing import Any
 from pnlm.atomic import atomic_file, sweep
 from pnlm.cost import cost_record
 from pnlm.errors import PnlmError
+from pnlm.memory import peak_memory_record
 from pnlm.run_identity import check_same_run
 from pnlm.run_lock import lock_run, unlock_run
 from pnlm.schedule import learning_rate
@@ -180,7 +181,7 @@ def _train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: Path, write
             state["elapsed_s"] = time.perf_counter() - start
             record = {"step": state["step"], "loss": loss, "lr": lr, "tokens": state["tokens"],
                       "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"],
-                      **costs()}
+                      **costs(), **peak_memory_record(step_fn.peak_device_bytes)}
             if evaluating_now:
                 val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches,
                                        batches.sampler)

@@ -18,7 +18,7 @@ from pnlm.checkpoint import ModelWriter
 from pnlm.cost import train_flops_per_token
 from pnlm.data.samplers import UniformSampler
 from pnlm.errors import PnlmError
-from pnlm.memory import check_fits, training_estimate
+from pnlm.memory import check_fits, peak_memory_record, training_estimate
 from pnlm.outputs import RUN, check_output
 from pnlm.run_identity import run_identity
 from pnlm.run_lock import lock_run
@@ -59,6 +59,7 @@ class TrainSummary:
     device: str
     precision: str
     details: dict[str, Any] = field(default_factory=dict)  # what the method adds (importance, distillation)
+    peak_memory: dict[str, float] = field(default_factory=dict)  # MiB: peak_host_mib, and peak_device_mib
 
     @property
     def tokens_per_s(self) -> int:
@@ -70,11 +71,11 @@ class TrainSummary:
         return self.out / ("best" if (self.out / "best").is_dir() else "latest")
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "details"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("details", "peak_memory")}
         data.update(out=str(self.out), seconds=round(self.seconds, 2), tokens_per_s=self.tokens_per_s)
         order = ("out", "steps", "stopped_early", "final_loss", "best_val_loss", "tokens", "seconds", "tokens_per_s",
                  "flops", "device_hours", "mfu", "devices", "device", "precision")
-        return {**{k: data[k] for k in order}, **self.details}
+        return {**{k: data[k] for k in order}, **self.peak_memory, **self.details}
 
 
 def steps_for(steps: int | None, tokens: int | None, batch_size: int, context: int) -> int:
@@ -162,7 +163,8 @@ def run_training(step_fn: Any, spec: ModelSpec, tokenizer: Any, store: Any, conf
         return None
     summary = TrainSummary(Path(out), result.steps, result.stopped_early, result.final_loss, result.best_val_loss,
                            result.tokens, result.seconds, result.flops, result.device_hours, result.mfu,
-                           step_fn.devices, step_fn.device_name, step_fn.precision, dict(details or {}))
+                           step_fn.devices, step_fn.device_name, step_fn.precision, dict(details or {}),
+                           peak_memory_record(step_fn.peak_device_bytes))
     progress.finished(summary)
     return summary
 
