@@ -16,7 +16,7 @@ def distill(
     teacher: Path = typer.Option(..., "--teacher", help="The teacher checkpoint (a fine-tuned large model)."),
     student: Path = typer.Option(..., "--student", help="The student checkpoint to start from (a small model)."),
     data: Path = typer.Option(..., "--data", help="The domain's token store (train and valid splits)."),
-    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP + " The teacher runs on it too."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP + " The teacher runs on it too."),
     out: Path = typer.Option(..., "--out", help="RUN folder; the distilled student is RUN/best (RUN/latest without evaluation)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the teacher's term: (1-α)·CE + α·T²·KL."),
     temperature: float = typer.Option(2.0, "--temperature", help="T: both distributions are softened by it."),

@@ -9,6 +9,7 @@ import typer
 
 import pnlm
 from pnlm.cli.console import console, print_json
+from pnlm.cli.options import BACKEND_HELP
 
 
 def generate(
@@ -18,7 +19,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy; higher is more random."),
     top_p: float = typer.Option(1.0, "--top-p", help="Sample from the smallest set of tokens with this much mass."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for sampling."),
-    backend: str = typer.Option("mlx", "--backend", help="mlx, torch (CPU) or cuda (NVIDIA GPU)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:

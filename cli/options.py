@@ -6,7 +6,8 @@ import typer
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT when it holds this command's kind of pnlm output "
                          "(a folder with anything else in it is never replaced).")
-BACKEND_HELP = "torch (CPU), cuda (NVIDIA GPU) or mlx."
+BACKEND_HELP = ("auto (cuda with an NVIDIA GPU, mlx on Apple silicon, torch elsewhere), torch (CPU), cuda "
+                "(NVIDIA GPU) or mlx.")
 PRECISION_HELP = ("float32, or bfloat16 compute over float32 weights and optimizer (autocast). "
                   "Default: bfloat16 on cuda, float32 elsewhere (MLX on a CPU has no bfloat16 BLAS: ~18x slower).")
 COMPILE_HELP = ("torch.compile each transformer block (torch backends). Default: on for cuda, off elsewhere "

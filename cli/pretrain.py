@@ -14,7 +14,8 @@ from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, LOG_TO,
 
 def pretrain(
     method: str = typer.Option("slm", "--method", help="slm or llm (one model on every window), pn (a projected "
-                               "network over --clusters) or mix (k independent models, one per cluster)."),
+                               "network over --clusters), mix (k independent models, one per cluster) or is "
+                               "(importance sampling: generic windows drawn by the --domain's cluster histogram)."),
     model: str = typer.Option(..., "--model", help="A preset (tiny, slm-126m, llm-771m, pn-tiny, pn-126m) or a spec.toml."),
     data: Path = typer.Option(..., "--data", help="Token store from `pnlm data prepare` (its train split)."),
     clusters: Path | None = typer.Option(None, "--clusters", help="pn, mix and is: the clusters the store is labelled with."),
@@ -26,7 +27,7 @@ def pretrain(
                                    "its own cluster's expert) or one-cluster (every batch one cluster's: the "
                                    "ablation of docs/results/pn-ablation.md)."),
     experts: str | None = typer.Option(None, "--experts", help="mix: which experts this process trains (default all)."),
-    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     out: Path = typer.Option(..., "--out", help="RUN folder: latest/, best/, metrics.jsonl (mix: one per expert)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (mix: per expert)."),
     tokens: int | None = typer.Option(None, "--tokens", help="Or a token budget, turned into steps."),

@@ -15,7 +15,7 @@ from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, LOG_TO,
 def finetune(
     checkpoint: Path = typer.Argument(..., help="The pretrained checkpoint to specialize."),
     data: Path = typer.Option(..., "--data", help="The domain's token store (train and valid splits)."),
-    backend: str = typer.Option("mlx", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     out: Path = typer.Option(..., "--out", help="RUN folder; the fine-tuned model is RUN/best (RUN/latest without evaluation)."),
     steps: int = typer.Option(1000, "--steps", help="At most this many steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
@@ -74,7 +74,7 @@ def eval_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder."),
     data: list[Path] = typer.Option(..., "--data", help="Token stores, one per domain (repeat the option)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate on."),
-    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per batch."),
     unigram: Path | None = typer.Option(None, "--unigram", help="Also print the perplexity of an add-one unigram "
                                         "model fit on this store's train split (the generic set): the floor to beat."),

@@ -28,20 +28,23 @@ _EXPORTS = {
     "export_hf": "pnlm.api.models", "import_hf": "pnlm.api.models",
     "export_peft": "pnlm.api.models", "import_peft": "pnlm.api.models", "export_mlx": "pnlm.api.models", "info": "pnlm.api.models",
     "pretrain": "pnlm.api.training", "finetune": "pnlm.api.training", "distill": "pnlm.api.training",
-    "evaluate": "pnlm.api.training", "TrainingProgress": "pnlm.training.runs", "TrainSummary": "pnlm.training.runs",
+    "evaluate": "pnlm.api.training", "TrainingProgress": "pnlm.training.runs",
+    "TensorBoardLog": "pnlm.training.metric_logs", "ProgressGroup": "pnlm.training.metric_logs", "TrainSummary": "pnlm.training.runs",
     "advise": "pnlm.experiment.advise", "METHODS": "pnlm.methods", "PnlmError": "pnlm.errors",
 }
 
 
-def load(path: str | Path, backend: str = "mlx", dtype: str = "float32") -> Any:
-    """Load a checkpoint (or LoRA adapters with their base) for inference: a model with
-    `.generate(prompt, ...)` and `.logits(tokens)`.
+def load(path: str | Path, backend: str = "auto", dtype: str = "float32") -> Any:
+    """Load a checkpoint (or LoRA adapters with their base, or a Hugging Face or MLX model folder) for
+    inference: a model with `.generate(prompt, ...)` and `.logits(tokens)`.
 
-    backend: "mlx" (Apple silicon, CPU elsewhere), "torch" (CPU) or "cuda" (NVIDIA GPU).
+    backend: "mlx" (Apple silicon, CPU elsewhere), "torch" (CPU), "cuda" (NVIDIA GPU), or "auto" (the
+    default: cuda with an NVIDIA GPU, mlx on Apple silicon, torch elsewhere; mlx for a quantized MLX folder).
     """
-    from pnlm.backend_loader import load_inference_model
+    from pnlm.backend_loader import load_inference_model, resolve_backend
+    from pnlm.model_folder import is_quantized_folder
 
-    return load_inference_model(path, backend, dtype)
+    return load_inference_model(path, resolve_backend(backend, mlx_only=is_quantized_folder(path)), dtype)
 
 
 def __getattr__(name: str) -> Any:

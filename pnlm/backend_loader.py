@@ -13,6 +13,28 @@ from typing import Any
 from pnlm.errors import BackendError, InputError
 
 
+def resolve_backend(backend: str, mlx_only: bool = False) -> str:
+    """pnlm's one rule for a default backend, "auto": cuda where torch sees an NVIDIA GPU, mlx on Apple silicon
+    (its GPU), torch elsewhere (the CPU); a model only MLX runs (a quantized MLX folder: mlx_only) gets mlx.
+    Any other name is returned as it is (the backends check it)."""
+    import importlib.util
+    import platform
+    import sys
+
+    if backend != "auto":
+        return backend
+    has_mlx = importlib.util.find_spec("mlx") is not None
+    if has_mlx and (mlx_only or (sys.platform == "darwin" and platform.machine() == "arm64")):
+        return "mlx"
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "torch"
+    if has_mlx:
+        return "mlx"
+    raise BackendError("no backend is installed: pip install 'pnlm[torch]' (or 'pnlm[mlx]')")
+
+
 def make_train_step(backend: str, spec: Any, weights: Any, optimizer: Any, **options: Any) -> Any:
     """A backend's model loaded with canonical weights, and its train step (pnlm.backends.make_train_step)."""
     from pnlm.backends import make_train_step as make

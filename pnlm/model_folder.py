@@ -46,6 +46,11 @@ def is_model_folder(path: str | Path) -> bool:
     return "format" not in config and "model_type" in config
 
 
+def is_quantized_folder(path: str | Path) -> bool:
+    """A model folder whose config.json declares a quantization (mlx-lm's): only MLX runs it."""
+    return is_model_folder(path) and read_json(Path(path) / "config.json").get("quantization") is not None
+
+
 def read_model_folder(path: str | Path) -> ModelFolder:
     """Its spec, tokenizer (tokenizer.model or tokenizer.json), weight files (headers checked) and quantization."""
     path = Path(path)

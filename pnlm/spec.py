@@ -29,7 +29,7 @@ DEFAULT_EXPERT_SIMILARITY = 0.9  # docs/results/pn-ablation.md
 
 @dataclass(frozen=True)
 class Projection:
-    """Projected MLP weights W(l,i) = sum_q E[i,q] sum_r M(l)[q,r] T(l)[r] (DESIGN.md).
+    """Projected MLP weights W(l,i) = sum_q E[i,q] sum_r M(l)[q,r] T(l)[r] (docs/projected.md).
 
     h: basis tensors per projected matrix, k: experts (clusters), m: width of the expert embedding E.
     expert_similarity: how alike the experts start (initialization only). Every row of E starts as

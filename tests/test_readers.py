@@ -312,12 +312,19 @@ def test_a_file_of_only_bad_records_still_has_no_documents(tmp_path):
     assert stats.bad == 2
 
 
-def test_skip_bad_does_not_hide_broken_files(tmp_path):
+def test_a_broken_file_stops_the_read_or_with_skip_bad_is_skipped_and_named(tmp_path):
     parquet = write_parquet(tmp_path / "a.parquet", {"body": ["x"]})
-    raises(r'no column "text"', parquet, skip_bad=True)
-    gz = tmp_path / "a.jsonl.gz"
-    gz.write_bytes(gzip.compress(b'{"text": "a"}\n')[:-10])
-    raises(r"corrupt or truncated gzip data", gz, skip_bad=True)
+    gz = tmp_path / "b.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:-10])
+    good = write_jsonl(tmp_path / "c.jsonl", [{"text": "kept"}])
+    raises(r'no column "text"', [parquet, gz, good])
+    raises(r"corrupt or truncated gzip data", [gz, good])
+    stats = ReadStats()
+    documents = read([parquet, gz, good], skip_bad=True, stats=stats)
+    assert documents[-1] == "kept" and set(documents[:-1]) <= {"a"}  # b's records up to where it breaks
+    assert len(stats.bad_files) == 2
+    assert "a.parquet" in stats.bad_files[0] and 'no column "text"' in stats.bad_files[0]
+    assert "b.jsonl.gz" in stats.bad_files[1] and "corrupt or truncated gzip data" in stats.bad_files[1]
 
 
 def test_stats_add_up_across_files_and_formats(tmp_path):

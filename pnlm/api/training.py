@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pnlm.backend_loader import load_inference_model, make_train_step
+from pnlm.backend_loader import load_inference_model, make_train_step, resolve_backend
 from pnlm.checkpoint import load_checkpoint, weights_sha256
 from pnlm.clustering.clusters import load_clusters
 from pnlm.data.store import TokenStore
@@ -39,7 +39,7 @@ __all__ = ["pretrain", "finetune", "distill", "evaluate", "TrainSummary", "Mixtu
 @run_locks_released()
 def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", method: str = "slm", *,
              clusters: str | Path | None = None, domain: str | Path | None = None, projection: str | None = None,
-             pn_batches: str = "mixed", experts: str | None = None, backend: str = "torch",
+             pn_batches: str = "mixed", experts: str | None = None, backend: str = "auto",
              steps: int | None = None, tokens: int | None = None, batch_size: int = 8, grad_accum: int = 1,
              lr: float = 1e-4, precision: str | None = None, compile: bool | None = None, fsdp: bool = False,
              warmup: int | None = None, eval_every: int = 0, checkpoint_every: int = 0, log_every: int | None = None,
@@ -52,6 +52,7 @@ def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", meth
     store's."""
     if method not in PRETRAINED:
         raise PnlmError(f"--method {method!r}: expected one of {', '.join(PRETRAINED)}")
+    backend = resolve_backend(backend)
     model = str(model)
     # A mixture's processes each train their own experts into one RUN: each expert's folder guards itself.
     out = open_run(out, resume, [data, clusters, domain, *([Path(model)] if model.endswith(".toml") else [])],
@@ -90,7 +91,7 @@ def finetune_lr(lr: float | None, lora_rank: int) -> float:
 
 
 @run_locks_released()
-def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backend: str = "mlx", steps: int = 1000,
+def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backend: str = "auto", steps: int = 1000,
              batch_size: int = 8, grad_accum: int = 1, lr: float | None = None, lora_rank: int = 0,
              lora_alpha: float | None = None, precision: str | None = None, compile: bool | None = None,
              eval_every: int = 50, eval_batches: int = 0, patience: int = 3, early_stop: bool = True,
@@ -101,6 +102,7 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
     validation loss (RUN/best) and stopping after `patience` evaluations without improvement. lora_rank > 0
     trains LoRA adapters saved beside the base instead of every weight; from_scratch starts from random
     weights of the same shape (SLM-nopt)."""
+    backend = resolve_backend(backend)
     out = open_run(out, resume, [checkpoint, data])
     base = load_checkpoint(checkpoint)
     refuse_projected(base.spec, checkpoint)
@@ -163,13 +165,14 @@ class Evaluation:
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | list[str | Path], *, split: str = "test",
-             backend: str = "torch", batch_size: int = 8, unigram: str | Path | None = None) -> Evaluation:
+             backend: str = "auto", batch_size: int = 8, unigram: str | Path | None = None) -> Evaluation:
     """Perplexity of a checkpoint (or LoRA adapters with their base) on one or several domains' stores.
     unigram: a store (the generic set) whose train split fits an add-one unigram model, the floor to beat."""
     from pnlm.unigram import fit_unigram  # only needed with unigram
 
     stores = [data] if isinstance(data, (str, Path)) else list(data)
     ckpt = read_model(checkpoint)
+    backend = resolve_backend(backend, mlx_only=ckpt.quantized is not None)
     baseline = None
     if unigram is not None:
         unigram_store = TokenStore(unigram)

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
+from pnlm.data.parquet import first_names, pyarrow_parquet, read_parquet
 from pnlm.errors import InputError
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 1024 * 1024 * 1024  # a whole .txt file, or a paragraph, read as one document
-PARQUET_BATCH_ROWS = 1024
 TXT_MODES = ("file", "blank-line")
 TxtMode = Literal["file", "blank-line"]
 
@@ -156,12 +156,6 @@ def _read_all(path: Path) -> str:
 
 # --- formats -----------------------------------------------------------------------------------------
 
-def _some(names: Iterable[str], most: int = 10) -> str:
-    names = list(names)
-    shown = ", ".join(names[:most]) + (f", … ({len(names)} in all)" if len(names) > most else "")
-    return shown or "none"
-
-
 def _jsonl_text(line: _Line, field: str) -> str:
     text = line.decode()
     try:
@@ -173,7 +167,7 @@ def _jsonl_text(line: _Line, field: str) -> str:
     if not isinstance(record, dict):
         got = f"a JSON {type(record).__name__}"
     elif field not in record:
-        got = f"no field \"{field}\" (fields: {_some(record)})"
+        got = f"no field \"{field}\" (fields: {first_names(record)})"
     elif not isinstance(record[field], str):
         got = f"\"{field}\" of type {type(record[field]).__name__}"
     else:
@@ -234,60 +228,6 @@ def _trafilatura(path: Path):
     return trafilatura
 
 
-def _pyarrow_parquet(path: Path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install 'pnlm[data]'") from None
-    return pq
-
-
-def _is_string_type(dtype) -> bool:
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(dtype):
-        dtype = dtype.value_type
-    is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
-    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or is_string_view(dtype)
-
-
-def _check_text_column(path: Path, schema, field: str) -> None:
-    if field not in schema.names:
-        raise InputError(f"{path}: no column \"{field}\"; columns: {_some(schema.names)}")
-    dtype = schema.field(field).type
-    if not _is_string_type(dtype):
-        raise InputError(f"{path}: column \"{field}\" is {dtype}, not a string column")
-
-
-def _read_parquet(path: Path, opts: _Options) -> Iterator[str]:
-    pq = _pyarrow_parquet(path)
-    import pyarrow as pa
-
-    try:  # ValueError: also a schema whose names are not UTF-8
-        parquet_file = pq.ParquetFile(path)
-        schema = parquet_file.schema_arrow
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    with parquet_file:
-        _check_text_column(path, schema, opts.text_field)
-        batches = parquet_file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[opts.text_field])
-        rows = 0
-        while True:
-            try:
-                batch = next(batches, None)
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                raise InputError(f"{path}: corrupt Parquet data after row {rows} ({exc})") from None
-            if batch is None:
-                return
-            try:
-                texts = batch.column(0).to_pylist()
-            except UnicodeDecodeError as exc:  # a string column holding bytes that are not UTF-8
-                raise InputError(f"{path}: rows {rows + 1} to {rows + batch.num_rows}: column \"{opts.text_field}\" "
-                                 f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-            rows += batch.num_rows
-            yield from (text or "" for text in texts)
-
-
 Reader = Callable[[Path, _Options], Iterator[str]]
 _FORMATS: dict[str, tuple[Reader, bool, str]] = {  # suffix -> (reader, may be gzipped, the type counted)
     ".jsonl": (_read_jsonl, True, "jsonl"),
@@ -296,7 +236,7 @@ _FORMATS: dict[str, tuple[Reader, bool, str]] = {  # suffix -> (reader, may be g
     ".markdown": (_read_txt, True, "md"),
     ".html": (_read_html, True, "html"),
     ".htm": (_read_html, True, "html"),
-    ".parquet": (_read_parquet, False, "parquet"),
+    ".parquet": (read_parquet, False, "parquet"),
 }
 
 
@@ -399,8 +339,8 @@ def iter_documents(
     sources = expand_inputs(paths, stats)
     for path, _ in sources:
         reader = reader_for(path)
-        if reader is _read_parquet:
-            _pyarrow_parquet(path)
+        if reader is read_parquet:
+            pyarrow_parquet(path)
         if reader is _read_html:
             _trafilatura(path)
     if not sources:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pnlm.atomic import atomic_dir
-from pnlm.backend_loader import make_train_step
+from pnlm.backend_loader import make_train_step, resolve_backend
 from pnlm.checkpoint import load_checkpoint, weights_sha256
 from pnlm.data.samplers import ordered_groups
 from pnlm.data.store import TokenStore
@@ -146,7 +146,7 @@ def teacher_kl(step_fn: Any, teacher: Any, store: TokenStore, split: str, batch_
 
 
 @run_locks_released()
-def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str | Path, *, backend: str = "torch",
+def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str | Path, *, backend: str = "auto",
             alpha: float = 0.5, temperature: float = 2.0, cache_top_k: int = 0, steps: int = 1000,
             batch_size: int = 8, lr: float = 1e-4 / 3, eval_every: int = 50, eval_batches: int = 0,
             patience: int = 3, early_stop: bool = True, precision: str | None = None, checkpoint_every: int = 0,
@@ -156,6 +156,7 @@ def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str
     The teacher runs beside the student on the same backend, or (cache_top_k > 0) once, its top-k
     log-probabilities cached in RUN/teacher-cache. Returns the run's TrainSummary (None in a torchrun job's
     other processes)."""
+    backend = resolve_backend(backend)
     out = open_run(out, resume, [teacher, student, data])
     spec = DistillSpec(alpha=alpha, temperature=temperature).validate()
     teacher_ckpt, student_ckpt = load_checkpoint(teacher), load_checkpoint(student)
