@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+
+from pnlm.cpu_threads import cpu_threads
 from pnlm.errors import BackendError
 
 BACKENDS = ("torch", "cuda", "mlx")
 
 
+def _use_free_cores(backend: str) -> None:
+    """CPU backends get as many threads as cores are free now (pnlm/cpu_threads.py), before their framework
+    starts its thread pools; a torch imported earlier (whose MKL also does MLX's matrix products) is told too."""
+    threads = cpu_threads() if backend in ("torch", "mlx") else None
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def load_inference_model(path, backend: str, dtype: str = "float32"):
     """Import only the backend asked for, so a torch user needs no MLX and the reverse."""
+    _use_free_cores(backend)
     if backend in ("torch", "cuda"):
         try:
             from pnlm.backends.torch.inference import InferenceModel
@@ -31,6 +43,7 @@ def make_train_step(backend: str, spec, weights, optimizer, precision: str = "fl
     MLX's step is always compiled); fsdp: shard the model under torchrun (torch only); distributed=False:
     train alone even under torchrun (a mixture's experts); loss: what the step minimizes, cross-entropy (None)
     or distillation's (a pnlm.losses.DistillSpec, for a student's step)."""
+    _use_free_cores(backend)
     if backend in ("torch", "cuda"):
         try:
             import torch

@@ -39,7 +39,8 @@ def report(
 ) -> None:
     """(Re)write DIR/report.md and DIR/plots/ from the CSV files: the paper's tables 1, 2, 4, 7, 8, 9."""
     path = pnlm.experiment.write_report(out)
-    plots = sorted(str(p) for p in (Path(out) / "plots").glob("*.png"))
+    text = path.read_text(encoding="utf-8")
+    plots = sorted(str(p) for p in (Path(out) / "plots").glob("*.png") if f"plots/{p.name}" in text)
     if json_out:
         print_json({"report": str(path), "plots": plots})
     else:

@@ -3,7 +3,8 @@
     config.json            format "pnlm-adapter", the base model's spec, the adapter settings, and
                            the base checkpoint: its path and the sha256 of its model.safetensors
     adapters.safetensors   lora_A and lora_B of every adapted layer (pnlm/lora.py)
-    tokenizer.model        the base's, so the folder names its own tokenizer
+    tokenizer.model        the base's (or its tokenizer.json + tokenizer_config.json), so the folder names
+                           its own tokenizer
     manifest.json          sha256 of every file, written last (as in pnlm/checkpoint.py)
 
 Loading one loads and verifies the base too, and refuses a base whose weights changed. `pnlm fuse`
@@ -21,10 +22,10 @@ import numpy as np
 from pnlm.atomic import atomic_dir
 from pnlm.checkpoint import (ADAPTER_FILE, ADAPTER_FORMAT, CONFIG_FILE, VERSION, WEIGHTS_FILE, Checkpoint,
                              check_optimizer_state, load_checkpoint, read_spec, read_training_state, save_checkpoint,
-                             verify_checkpoint, write_json, write_manifest, write_training_state)
+                             verified_tokenizer, verify_checkpoint, write_json, write_manifest, write_training_state)
 from pnlm.errors import CheckpointError, PnlmError
 from pnlm.lora import LoraSpec, check_adapters, fuse
-from pnlm.tokenizer import file_sha256, load_tokenizer
+from pnlm.tokenizer import file_sha256
 from pnlm.weights import load_safetensors, save_safetensors
 
 
@@ -89,7 +90,7 @@ def load_adapter_checkpoint(path: str | Path, base: str | Path | None = None) ->
         raise CheckpointError(f"{path}: its base {base_path} has other weights than the ones it was trained on")
     if base_checkpoint.spec != spec:
         raise CheckpointError(f"{path}: its base {base_path} has another shape than config.json records")
-    tokenizer = load_tokenizer(path)
+    tokenizer = verified_tokenizer(path, config)
     if tokenizer.sha256 != base_checkpoint.tokenizer.sha256:
         raise CheckpointError(f"{path}: its tokenizer differs from its base's")
     adapters = load_safetensors(path / ADAPTER_FILE)

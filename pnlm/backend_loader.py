@@ -94,6 +94,11 @@ def load_sentence_embedder(path: str, precision: str) -> Any:
     try:
         import torch
 
+        from pnlm.cpu_threads import cpu_threads
+
+        threads = cpu_threads()
+        if threads:
+            torch.set_num_threads(threads)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         return SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": dtype})
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -1,4 +1,5 @@
-"""Checkpoint folders: config.json, model.safetensors, tokenizer.model, manifest.json.
+"""Checkpoint folders: config.json, model.safetensors, the tokenizer (tokenizer.model, or tokenizer.json +
+tokenizer_config.json for an imported model), manifest.json.
 
 A save writes everything into a hidden temporary folder beside the target (pnlm.atomic),
 the manifest (sha256 of every file) last, and renames the folder into place: a save killed
@@ -176,12 +177,24 @@ def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
         raise CheckpointError(str(exc)) from None
 
 
+def verified_tokenizer(path: Path, config: dict) -> Tokenizer:
+    """The tokenizer of a verified folder: the files its manifest lists (not a stray file beside them), whose
+    sha256 config.json records."""
+    files = tokenizer_file_names(read_json(path / MANIFEST_FILE)["sha256"])
+    tokenizer = load_tokenizer(path / files[0])
+    recorded = config.get("tokenizer", {}).get("sha256")
+    if recorded is not None and recorded != tokenizer.sha256:
+        raise CheckpointError(f"{path / CONFIG_FILE}: records tokenizer sha256 {recorded[:12]}…, its tokenizer files "
+                              f"give {tokenizer.sha256[:12]}…; the checkpoint is inconsistent")
+    return tokenizer
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Verify and load a checkpoint into numpy weights; nothing is allocated before the spec and header pass."""
     path = Path(path)
     config = verify_checkpoint(path)
     spec = read_spec(path, config)
-    tokenizer = load_tokenizer(path)
+    tokenizer = verified_tokenizer(path, config)
     if tokenizer.vocab_size != spec.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} pieces, config.json says {spec.vocab_size}")
     weights = load_safetensors(path / WEIGHTS_FILE, spec)

@@ -7,6 +7,7 @@ pnlm run has); a folder that is empty, or does not exist, is free.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -90,6 +91,9 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
     The writer holds the output's lock while it checks and writes (`writing_output`)."""
     out = Path(out)
     for given in inputs:
+        if given is not None and glob.has_magic(str(given)):  # a pattern: the folder it searches
+            given = Path(*[part for part in Path(given).parts[:next(
+                i for i, part in enumerate(Path(given).parts) if glob.has_magic(part))]]) or Path(".")
         if given is not None and Path(given).exists() and _overlaps(out, Path(given)):
             raise PnlmError(f"{out}: is also an input of this command ({given}); write the output elsewhere")
     if not out.exists() and not out.is_symlink():

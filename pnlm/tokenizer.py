@@ -131,6 +131,9 @@ class HFTokenizer(Tokenizer):
             self.backend = RustTokenizer.from_file(str(json_file))
         except Exception as exc:  # the library raises a bare Exception for malformed files
             raise TokenizerError(f"{json_file}: not a tokenizers tokenizer.json: {str(exc).splitlines()[0]}"[:400]) from None
+        # A file may carry padding or truncation settings (for batches of a fixed width): documents are whole here.
+        self.backend.no_padding()
+        self.backend.no_truncation()
         folder = json_file.parent
         settings = self._read_json(folder / HF_TOKENIZER_CONFIG)
         model_config = self._read_json(folder / "config.json")
@@ -144,7 +147,8 @@ class HFTokenizer(Tokenizer):
         self.files = {HF_TOKENIZER_FILE: json_file, HF_TOKENIZER_CONFIG: folder / HF_TOKENIZER_CONFIG}
         self.sha256 = tokenizer_sha256({HF_TOKENIZER_FILE: file_sha256(json_file),
                                         HF_TOKENIZER_CONFIG: hashlib.sha256(self.config_bytes).hexdigest()})
-        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        # The largest id + 1: added tokens may leave gaps in the ids, and the model needs a row for each id.
+        self.vocab_size = max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any]:

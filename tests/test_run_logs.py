@@ -40,8 +40,6 @@ def records(run):
 
 
 def test_a_log_file_gets_a_line_per_log_step_and_evaluation_and_tensorboard_the_same_losses(inputs, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run = tmp_path / ("a-run-folder-with-a-name-long-enough-that-a-line-holding-it-is-wider-than-any-terminal" * 2)
     argv = [item for key, value in flags(inputs).items() for item in (f"--{key}", value)]
     with open(tmp_path / "log.txt", "w") as log:  # not a terminal
@@ -59,6 +57,17 @@ def test_a_log_file_gets_a_line_per_log_step_and_evaluation_and_tensorboard_the_
         assert record["peak_host_mib"] > 10
     summary = [line for line in text.splitlines() if "resumable checkpoint in" in line]
     assert len(summary) == 1 and f"{run / 'latest'}; peak memory: host" in summary[0]  # the path whole, on one line
+
+    same_in_tensorboard(run, metrics)
+    # A resumed run's TensorBoard is its metrics.jsonl again (written anew from it at the first new record).
+    resumed = pretrain(*argv, "--steps", 8, "--out", run, "--log-to", "tensorboard", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in records(run)] == [2, 3, 4, 6, 8]
+    same_in_tensorboard(run, records(run))
+
+
+def same_in_tensorboard(run, metrics):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()

@@ -43,6 +43,7 @@ class TrainStep:
         self.model = model
         self.optimizer_spec = optimizer
         self.precision = precision
+        self._reset_peak()
         compute = mx.bfloat16 if precision == "bfloat16" else None
         if compute is not None:
             # Frozen weights (a LoRA base) are only ever read: store them in the compute dtype.
@@ -140,6 +141,10 @@ class TrainStep:
     def peak_device_bytes(self) -> int | None:
         """The most Metal memory MLX has held at once (None on the CPU: the host's peak counts it)."""
         return None if on_cpu() else int(mx.get_peak_memory())
+
+    def _reset_peak(self) -> None:
+        if not on_cpu():  # a run's own peak, not an earlier run's of this process (a mixture's experts)
+            mx.reset_peak_memory()
 
     @property
     def is_main(self) -> bool:

@@ -74,6 +74,7 @@ class TrainStep:
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=optimizer.lr, betas=(optimizer.beta1, optimizer.beta2), eps=optimizer.eps,
             weight_decay=optimizer.weight_decay, fused=True)
+        self._reset_peak()
 
     @property
     def device_name(self) -> str:
@@ -88,6 +89,10 @@ class TrainStep:
     def peak_device_bytes(self) -> int | None:
         """The most CUDA memory torch has held at once (None on the CPU: the host's peak counts it)."""
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    def _reset_peak(self) -> None:
+        if self.device.type == "cuda":  # a run's own peak, not an earlier run's of this process (a mixture's experts)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")

@@ -25,7 +25,7 @@ from pnlm.methods import mixture, projected
 from pnlm.outputs import ADAPTER, CHECKPOINT, writing_output
 from pnlm.peft_adapters import read_peft, write_peft
 from pnlm.spec import ModelSpec, load_spec
-from pnlm.tokenizer import TOKENIZER_FILE, load_tokenizer
+from pnlm.tokenizer import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, load_tokenizer
 from pnlm.weights import init_weights
 
 PathLike = str | Path
@@ -113,8 +113,11 @@ def export_mlx(checkpoint: PathLike, out: PathLike, *, quantize: int | None = No
             convert_to_mlx(hf, tmp / "mlx", quantize, group_size)
             for entry in (tmp / "mlx").iterdir():
                 entry.rename(tmp / entry.name)
-            if (hf / TOKENIZER_FILE).is_file():  # pnlm's SentencePiece tokenizer, for pnlm.load
-                shutil.copyfile(hf / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+            # pnlm's own tokenizer files, as written (mlx-lm's conversion saves them anew through transformers),
+            # so that pnlm.load and a store prepared with the model's tokenizer agree on its sha256.
+            for name in (TOKENIZER_FILE, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG):
+                if (hf / name).is_file() and (name == TOKENIZER_FILE or not (hf / TOKENIZER_FILE).is_file()):
+                    shutil.copyfile(hf / name, tmp / name)
             shutil.rmtree(hf)
             (tmp / "mlx").rmdir()
     return out

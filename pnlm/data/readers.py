@@ -217,7 +217,14 @@ def _read_txt(path: Path, opts: _Options) -> Iterator[str]:
 
 def _read_html(path: Path, opts: _Options) -> Iterator[str]:
     trafilatura = _trafilatura(path)
-    yield trafilatura.extract(_read_all(path), include_comments=False, include_tables=True) or ""
+    with _open_binary(path) as f:  # bytes: trafilatura reads the page's own encoding (many are not UTF-8)
+        try:
+            page = f.read(MAX_DOCUMENT_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _unreadable(path, exc) from None
+    if len(page) > MAX_DOCUMENT_BYTES:
+        raise InputError(f"{path}: longer than {MAX_DOCUMENT_BYTES} bytes (1 GiB); not a web page")
+    yield trafilatura.extract(page, include_comments=False, include_tables=True) or ""
 
 
 def _trafilatura(path: Path):
@@ -287,7 +294,13 @@ def expand_inputs(paths: Iterable[str | Path], stats: ReadStats | None = None) -
         if not readable:
             raise InputError(where)
         files += [(p, False) for p in readable]
-    return files
+    seen: set[Path] = set()  # a file named twice (a folder and a file in it) is read once
+    unique = []
+    for path, explicit in files:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, explicit))
+    return unique
 
 
 # --- documents ---------------------------------------------------------------------------------------

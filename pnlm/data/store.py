@@ -1,7 +1,8 @@
 """Token store: a folder of memory-mapped token arrays, one per split, cut into windows.
 
     STORE/
-      tokenizer.model        a copy of the tokenizer the ids refer to
+      tokenizer.model        a copy of the tokenizer the ids refer to (or tokenizer.json +
+                             tokenizer_config.json, an imported model's: pnlm/tokenizer.py)
       meta.json              format, tokenizer sha256, vocab size, context, dtype, counts per split,
                              and the sha256 of every file above it (checked when the store is opened)
       train.tokens           flat uint16 (vocab <= 65536) or uint32 token ids, every document of the split
@@ -39,7 +40,7 @@ MAX_META_BYTES = 1 << 20
 DTYPES = ("uint16", "uint32")
 
 
-def data_files(splits: list[str] | tuple[str, ...], tokenizer_files: tuple[str, ...] = (TOKENIZER_FILE,)) -> list[str]:
+def data_files(splits: list[str] | tuple[str, ...], tokenizer_files: tuple[str, ...]) -> list[str]:
     """The files meta.json hashes: each split's tokens and windows, and the tokenizer's."""
     return [f"{split}{suffix}" for split in splits for suffix in (".tokens", ".windows.npy")] + list(tokenizer_files)
 

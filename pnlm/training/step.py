@@ -23,6 +23,7 @@ class TrainStep(Protocol):
     rank: int  # this process's rank under data parallelism (0 alone)
     devices: int  # the number of processes (ranks) that train together
     device_name: str  # what the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)
+    peak_device_bytes: int | None  # the most device memory held since the step was built (None on a CPU)
 
     def stage(self, batch: Any, micro_batches: int = 1) -> Any:
         """The host's share of a step on a pnlm.training.batches.Batch (numpy work and host tensors, no

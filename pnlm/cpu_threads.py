@@ -1,0 +1,88 @@
+"""How many CPU threads a model's framework should use: the cores of this process that no other work keeps busy.
+
+Threads that meet at every matrix product run at the pace of the slowest: beside a process that holds
+a core at normal priority, a second thread gets half a core, and the whole step waits for it. On 2 cores
+beside a busy loop, a LoRA step of the demo model ran at 0.28x (torch) and 0.42x (MLX, whose matrix
+products are MKL's) of its quiet speed with two threads, and at 0.51x and 0.74x with the one free core
+(docs/benchmarks.md). Work at low priority (nice > 0) yields its core to anyone who wants it, so it is not
+counted. The count is taken once per process, over a quarter of a second, from /proc/stat's lines of the
+cores this process may run on (its affinity: a Slurm or taskset job counts its own cores only), and capped
+at their physical cores (two SMT siblings share one core's arithmetic units). OMP_NUM_THREADS or
+MKL_NUM_THREADS set by the user are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+SAMPLE_SECONDS = 0.25
+CHOSEN_BY_PNLM = "PNLM_FREE_CORES_THREADS"  # marks an OMP_NUM_THREADS pnlm set, which a child process chooses anew
+
+
+def available_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask, else all of the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: list[int]) -> int:
+    """How many physical cores those CPUs are (SMT siblings counted once); len(cpus) where sysfs cannot tell."""
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
+
+
+def _busy_ticks(cpus: set[int]) -> int:
+    """Clock ticks those CPUs spent on work at normal priority or higher (user, system, irq, softirq, steal;
+    not nice, not idle) since boot."""
+    busy = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                user, _nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+                busy += user + system + irq + softirq + steal
+    return busy
+
+
+def _own_ticks() -> int:
+    with open("/proc/self/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cores_used_by_others(seconds: float = SAMPLE_SECONDS, cpus: list[int] | None = None) -> float:
+    """How many of this process's cores other work at normal priority kept busy over the next `seconds`
+    (this process's own time taken out); 0 where /proc cannot tell (macOS)."""
+    if not sys.platform.startswith("linux") or not os.path.isfile("/proc/stat"):
+        return 0.0
+    cpus = set(cpus if cpus is not None else available_cpus())
+    busy, own = _busy_ticks(cpus), _own_ticks()
+    time.sleep(seconds)
+    used = (_busy_ticks(cpus) - busy) - (_own_ticks() - own)
+    return max(0.0, used / os.sysconf("SC_CLK_TCK") / seconds)
+
+
+@lru_cache(maxsize=1)
+def cpu_threads() -> int | None:
+    """The thread count for this process's framework: its physical cores less those busy with other work now
+    (at least one); None when the user set OMP_NUM_THREADS or MKL_NUM_THREADS. It also sets OMP_NUM_THREADS,
+    so that an OpenMP runtime loaded later (torch's, MKL's under MLX) starts with it, marked as pnlm's."""
+    chosen_by_pnlm = os.environ.get(CHOSEN_BY_PNLM) == os.environ.get("OMP_NUM_THREADS")
+    if (os.environ.get("OMP_NUM_THREADS") and not chosen_by_pnlm) or os.environ.get("MKL_NUM_THREADS"):
+        return None
+    cpus = available_cpus()
+    threads = max(1, min(physical_cores(cpus), round(len(cpus) - cores_used_by_others(cpus=cpus))))
+    os.environ["OMP_NUM_THREADS"] = os.environ[CHOSEN_BY_PNLM] = str(threads)
+    return threads
