@@ -280,7 +280,8 @@ def test_experiment_run_survives_kill_9(workspace):
 
     target = Target("experiment run", argv, argv, [out / "results.csv", out / "domains.csv"],
                     _reset(out), after_kill)
-    assert inject(target, KILLS, SEED + 4).kills == KILLS
+    kills = int(os.environ.get("PNLM_FAULT_KILLS", "1"))  # one in CI (time); the long test kills it twice more
+    assert inject(target, kills, SEED + 4).kills == kills
 
 
 # --- disk full, NaN ----------------------------------------------------------------------------------
