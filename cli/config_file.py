@@ -8,18 +8,13 @@ option the file gives is no longer missing.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from pnlm.errors import InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from pnlm.toml_file import read_toml
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -39,14 +34,7 @@ def _keys(command: Any) -> dict[str, str]:
 
 def read_config(path: Path, command: Any) -> dict[str, Any]:
     """A TOML file's settings as the command's parameter defaults, or one InputError naming the file and the key."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such config file")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise InputError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, MAX_CONFIG_BYTES, InputError, "config file")
     keys = _keys(command)
     defaults: dict[str, Any] = {}
     for key, value in data.items():

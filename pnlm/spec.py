@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pnlm.errors import SpecError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from pnlm.toml_file import read_toml
 
 # Bounds that make a hostile or mistyped config fail before anything is allocated.
 MAX_VOCAB = 1 << 21
@@ -255,14 +250,7 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     path = Path(key)
     if not path.suffix == ".toml":
         raise SpecError(f"unknown model {key!r}: expected a preset ({', '.join(PRESETS)}) or a .toml file")
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise SpecError(f"{path}: spec file larger than {MAX_SPEC_BYTES} bytes")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, bad UTF-8, absurd numbers, deep nesting
-        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, MAX_SPEC_BYTES, SpecError, "spec file")
     table = data.get("model", data)
     preset = table.pop("preset", None) if isinstance(table, dict) else None
     if preset is not None:

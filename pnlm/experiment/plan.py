@@ -49,11 +49,7 @@ from typing import Any
 from pnlm.errors import PnlmError
 from pnlm.methods import METHODS as REGISTRY
 from pnlm.spec import PRESETS, ModelSpec, SpecError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from pnlm.toml_file import read_toml
 
 METHODS = tuple(REGISTRY)  # the order the work depends on: pnlm/methods/__init__.py
 BACKENDS = ("torch", "cuda", "mlx")
@@ -127,15 +123,7 @@ class Plan:
 
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"{path}: no such plan file")
-    if path.stat().st_size > MAX_PLAN_BYTES:
-        raise PlanError(f"{path}: larger than {MAX_PLAN_BYTES} bytes; not a plan")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, bad UTF-8, absurd numbers, deep nesting
-        raise PlanError(f"{path}: not valid TOML: {exc}") from None
-    return _Reader(path, data).plan()
+    return _Reader(path, read_toml(path, MAX_PLAN_BYTES, PlanError, "plan file")).plan()
 
 
 class _Reader:
