@@ -26,13 +26,18 @@ def resolve_backend(backend: str, mlx_only: bool = False) -> str:
     has_mlx = importlib.util.find_spec("mlx") is not None
     if has_mlx and (mlx_only or (sys.platform == "darwin" and platform.machine() == "arm64")):
         return "mlx"
+    problem = "not installed"
     if importlib.util.find_spec("torch") is not None:
-        import torch
+        try:
+            import torch
 
-        return "cuda" if torch.cuda.is_available() else "torch"
+            return "cuda" if torch.cuda.is_available() else "torch"
+        except (ImportError, OSError) as exc:  # installed but broken (a missing library, a CUDA mismatch)
+            problem = f"installed but cannot be imported ({str(exc).splitlines()[0]})"
     if has_mlx:
         return "mlx"
-    raise BackendError("no backend is installed: pip install 'pnlm[torch]' (or 'pnlm[mlx]')")
+    raise BackendError(f"no backend to run on: torch is {problem} and MLX is not installed "
+                       f"(pip install 'pnlm[torch]' or 'pnlm[mlx]')"[:500])
 
 
 def make_train_step(backend: str, spec: Any, weights: Any, optimizer: Any, **options: Any) -> Any:

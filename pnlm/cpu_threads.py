@@ -2,12 +2,12 @@
 
 Threads that meet at every matrix product run at the pace of the slowest: beside a process that holds
 a core at normal priority, a second thread gets half a core, and the whole step waits for it. On 2 cores
-beside a busy loop, a LoRA step of the demo model ran at 0.28x (torch) and 0.42x (MLX, whose matrix
-products are MKL's) of its quiet speed with two threads, and at 0.51x and 0.74x with the one free core
-(docs/benchmarks.md). Work at low priority (nice > 0) yields its core to anyone who wants it, so it is not
-counted. The count is taken once per process, over a quarter of a second, from /proc/stat's lines of the
-cores this process may run on (its affinity: a Slurm or taskset job counts its own cores only), and capped
-at their physical cores (two SMT siblings share one core's arithmetic units). OMP_NUM_THREADS or
+beside a busy loop, a LoRA step of the demo model ran at 0.29x (torch) and 0.47x (MLX, whose matrix
+products are MKL's) of its quiet speed with a thread per core, and at 0.67x and 0.79x with the one free
+core (docs/benchmarks.md). Work at low priority (nice > 0) yields its core to anyone who wants it, so it is
+not counted. The count is taken once per process, over a quarter of a second, from /proc/stat's lines of
+the CPUs this process may run on (its affinity: a Slurm or taskset job counts its own only), and taken
+from their physical cores (two SMT siblings share one core's arithmetic units). OMP_NUM_THREADS or
 MKL_NUM_THREADS set by the user are kept.
 """
 
@@ -30,16 +30,16 @@ def available_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def physical_cores(cpus: list[int]) -> int:
-    """How many physical cores those CPUs are (SMT siblings counted once); len(cpus) where sysfs cannot tell."""
+def physical_cores(cpus: list[int]) -> int | None:
+    """How many physical cores those CPUs are (SMT siblings counted once: one set of thread siblings per core);
+    None where sysfs cannot tell."""
     cores = set()
     for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
         except OSError:
-            return len(cpus)
-    return len(cores) or len(cpus)
+            return None
+    return len(cores) or None
 
 
 def _busy_ticks(cpus: set[int]) -> int:
@@ -77,12 +77,19 @@ def cores_used_by_others(seconds: float = SAMPLE_SECONDS, cpus: list[int] | None
 @lru_cache(maxsize=1)
 def cpu_threads() -> int | None:
     """The thread count for this process's framework: its physical cores less those busy with other work now
-    (at least one); None when the user set OMP_NUM_THREADS or MKL_NUM_THREADS. It also sets OMP_NUM_THREADS,
+    (at least one); None when the user set OMP_NUM_THREADS or MKL_NUM_THREADS, or where the machine cannot
+    tell (not Linux), which leaves the framework's own default. It also sets OMP_NUM_THREADS,
     so that an OpenMP runtime loaded later (torch's, MKL's under MLX) starts with it, marked as pnlm's."""
     chosen_by_pnlm = os.environ.get(CHOSEN_BY_PNLM) == os.environ.get("OMP_NUM_THREADS")
     if (os.environ.get("OMP_NUM_THREADS") and not chosen_by_pnlm) or os.environ.get("MKL_NUM_THREADS"):
         return None
     cpus = available_cpus()
-    threads = max(1, min(physical_cores(cpus), round(len(cpus) - cores_used_by_others(cpus=cpus))))
+    cores = physical_cores(cpus) if sys.platform.startswith("linux") else None
+    if cores is None:
+        return None  # no /proc or /sys to tell (macOS, some containers): the framework's own default
+    try:
+        threads = max(1, round(cores - cores_used_by_others(cpus=cpus)))
+    except (OSError, ValueError):  # an unreadable or unexpected /proc/stat
+        return None
     os.environ["OMP_NUM_THREADS"] = os.environ[CHOSEN_BY_PNLM] = str(threads)
     return threads

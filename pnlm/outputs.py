@@ -84,6 +84,20 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
+def _input_paths(given: str | Path | None) -> list[Path]:
+    """What an input names: itself, or for a glob pattern (not an existing path) its matches, and with `**` the
+    folder it searches (a file written into it later would match)."""
+    if given is None:
+        return []
+    if Path(given).exists() or not glob.has_magic(str(given)):
+        return [Path(given)]
+    paths = [Path(p) for p in glob.glob(str(given), recursive=True)]
+    parts = Path(given).parts
+    if "**" in parts:
+        paths.append(Path(*parts[:parts.index("**")]) if parts.index("**") else Path("."))
+    return paths
+
+
 def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse, with one line, an --out that would lose something: a folder that is (or holds, or lies
     inside) an input of the command; a file; a folder with files pnlm did not write; another kind of pnlm
@@ -91,11 +105,9 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
     The writer holds the output's lock while it checks and writes (`writing_output`)."""
     out = Path(out)
     for given in inputs:
-        if given is not None and glob.has_magic(str(given)):  # a pattern: the folder it searches
-            given = Path(*[part for part in Path(given).parts[:next(
-                i for i, part in enumerate(Path(given).parts) if glob.has_magic(part))]]) or Path(".")
-        if given is not None and Path(given).exists() and _overlaps(out, Path(given)):
-            raise PnlmError(f"{out}: is also an input of this command ({given}); write the output elsewhere")
+        for path in _input_paths(given):
+            if path.exists() and _overlaps(out, path):
+                raise PnlmError(f"{out}: is also an input of this command ({given}); write the output elsewhere")
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():

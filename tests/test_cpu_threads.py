@@ -28,6 +28,8 @@ def used_beside(nice: int) -> float:
 
 
 def test_a_busy_neighbour_counts_and_a_low_priority_one_does_not():
+    if cores_used_by_others(0.5) > len(available_cpus()) - 1:
+        pytest.skip("the machine is saturated: a low-priority loop would get no core to show it is not counted")
     # Measured side by side, so that other work on the machine weighs on both alike.
     assert used_beside(0) - used_beside(19) >= 0.6
 
@@ -48,4 +50,4 @@ def test_the_threads_are_the_free_cores_unless_the_user_chose():
         loop.kill()
         loop.wait()
     assert chosen == variable and 1 <= int(chosen) <= max(1, len(available_cpus()) - 1)
-    assert again != "None" and int(again) <= max(1, len(available_cpus()) - 1)
+    assert again != "None" and 1 <= int(again) <= max(1, len(available_cpus()) - 1)

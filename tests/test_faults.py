@@ -4,7 +4,7 @@ compare with an uninterrupted run: the same bytes where the work is deterministi
 weights, optimizer state, results.csv), the same losses in metrics.jsonl, and nothing half-written
 left behind. Also: disk full during a save, and a loss that turns NaN.
 
-CI kills each command PNLM_FAULT_KILLS times (default 2); the long run of docs/reliability.md sets
+CI kills each command PNLM_FAULT_KILLS times (default 2; `experiment run`, the slowest, once); the long run of docs/reliability.md sets
 it to 50 and PNLM_FAULT_RECORD to a file that gets one JSON line per command.
 """
 
@@ -280,7 +280,7 @@ def test_experiment_run_survives_kill_9(workspace):
 
     target = Target("experiment run", argv, argv, [out / "results.csv", out / "domains.csv"],
                     _reset(out), after_kill)
-    kills = int(os.environ.get("PNLM_FAULT_KILLS", "1"))  # one in CI (time); the long test kills it twice more
+    kills = int(os.environ.get("PNLM_FAULT_KILLS", "1"))  # one in CI (time); a fault campaign sets more
     assert inject(target, kills, SEED + 4).kills == kills
 
 

@@ -43,10 +43,10 @@ def write_documents(folder):
     (folder / "zz-latin1.txt").write_bytes("Un caf\u00e9 au bord du marais.".encode("latin-1"))  # not UTF-8
 
 
-def prepare(folder, tokenizer, out, *extra):
+def prepare(folder, tokenizer, out, *extra, cwd=None):
     return subprocess.run([*PNLM, "data", "prepare", str(folder), "--tokenizer", str(tokenizer.path.parent),
                            "--context", "64", "--out", str(out), "--valid-fraction", "0", "--test-fraction", "0",
-                           "--workers", "1", *extra], capture_output=True, text=True)
+                           "--workers", "1", *extra], capture_output=True, text=True, cwd=cwd)
 
 
 def test_a_folder_of_documents_prepares_in_one_command(tmp_path, tokenizer):
@@ -78,5 +78,9 @@ def test_glob_patterns_and_the_text_summary(tmp_path, tokenizer):
     result = prepare(tmp_path / "docs" / "**" / "[gm]*.[mt][dx]*", tokenizer, tmp_path / "store")
     assert result.returncode == 0, result.stderr
     assert "read 2 documents (1 md, 1 txt)" in " ".join(result.stderr.split())
+    # A pattern guards what it matches (and with ** its folder) from --out, not the folder it is run in.
+    assert prepare("*.md", tokenizer, "here", cwd=tmp_path / "docs").returncode == 0
+    onto = prepare(tmp_path / "docs" / "**" / "*.txt", tokenizer, tmp_path / "docs" / "store")
+    assert onto.returncode == 2 and "is also an input" in onto.stderr
     nothing = prepare(tmp_path / "docs" / "*.pdf", tokenizer, tmp_path / "none")
     assert nothing.returncode == 2 and "matches no file" in nothing.stderr and len(nothing.stderr.splitlines()) == 1

@@ -294,13 +294,11 @@ def expand_inputs(paths: Iterable[str | Path], stats: ReadStats | None = None) -
         if not readable:
             raise InputError(where)
         files += [(p, False) for p in readable]
-    seen: set[Path] = set()  # a file named twice (a folder and a file in it) is read once
-    unique = []
+    unique: dict[Path, tuple[Path, bool]] = {}  # a file named twice (a folder and a file in it) is read once
     for path, explicit in files:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            unique.append((path, explicit))
-    return unique
+        first = unique.get(path.resolve())
+        unique[path.resolve()] = (path, explicit) if first is None else (first[0], first[1] or explicit)
+    return list(unique.values())
 
 
 # --- documents ---------------------------------------------------------------------------------------
