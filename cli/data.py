@@ -27,7 +27,8 @@ MAX_DOCUMENTS = typer.Option(0, "--max-documents", help="Read only the first N d
 
 def _report_read(stats: ReadStats) -> None:
     kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(stats.by_type.items()))
-    other = f"; {stats.other_files:,} files of other types ignored" if stats.other_files else ""
+    files = "file" if stats.other_files == 1 else "files"
+    other = f"; {stats.other_files:,} {files} of other types ignored" if stats.other_files else ""
     console.print(f"read {stats.documents:,} documents ({kinds}){other}", highlight=False)
     if stats.bad:
         console.print(f"[yellow]skipped {stats.bad:,} bad records[/yellow]; the first: {escape(str(stats.first_bad))}",

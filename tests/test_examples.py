@@ -15,7 +15,7 @@ def test_specialize_example_goes_from_corpora_to_a_better_model_without_the_cli(
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
     assert not any(name.startswith("pnlm.cli") for name in imported), imported
     result = subprocess.run([sys.executable, str(example), str(tmp_path / "out"), "--steps", "20",
-                             "--finetune-steps", "10", "--documents", "10"], capture_output=True, text=True,
+                             "--finetune-steps", "10", "--documents", "5"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     before, after = (float(x) for x in result.stdout.split("Hamlet test perplexity: ")[1].split(" before")[0:1]

@@ -30,14 +30,16 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def one_domain_smoke_plan(folder: Path) -> Path:
-    """The smoke plan with one domain and one domain size: every method and budget, a quarter of the cells
-    (CI time; `pnlm experiment run plans/smoke.toml` runs all of it)."""
-    text = SMOKE.read_text().replace('"../pnlm/', f'"{ROOT}/pnlm/').replace("domain_tokens = [3000, 12000]",
-                                                                              "domain_tokens = [12000]")
+    """The smoke plan with one domain, one domain size and half its pretraining steps: every method, two
+    budgets, a quarter of the cells (CI time; `pnlm experiment run plans/smoke.toml` runs all of it)."""
+    text = (SMOKE.read_text().replace('"../pnlm/', f'"{ROOT}/pnlm/')
+            .replace("domain_tokens = [3000, 12000]", "domain_tokens = [12000]")
+            .replace("budgets = [40, 120]", "budgets = [20, 60]"))
     lines = [line for line in text.splitlines() if not line.startswith("bierce = ")]
     plan = folder / "smoke-one-domain.toml"
     plan.write_text("\n".join(lines) + "\n")
     assert list(load_plan(plan).domains) == ["hamlet"] and load_plan(plan).domain_tokens == (12000,)
+    assert load_plan(plan).pretrain.budgets == (20, 60)
     return plan
 
 
