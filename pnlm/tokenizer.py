@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import sentencepiece as spm
 
 from pnlm.atomic import atomic_dir
 from pnlm.errors import TokenizerError
+from pnlm.json_object import read_json_object
 
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece: the file pnlm trains
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -53,7 +55,7 @@ def tokenizer_file_names(names: Iterable[str]) -> tuple[str, ...] | None:
     return next((files for files in TOKENIZER_FILE_SETS if set(files) <= names), None)
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """A loaded tokenizer: its files (name: path), their sha256, its vocabulary and BOS/EOS ids."""
 
     files: dict[str, Path]
@@ -67,13 +69,13 @@ class Tokenizer:
         """The main file (tokenizer.model or tokenizer.json): what messages name."""
         return next(iter(self.files.values()))
 
+    @abstractmethod
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Each text's ids, no special token added."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode_batch(self, rows: list[list[int]]) -> list[str]:
         """Each row's text; special tokens (BOS, EOS) decode to nothing."""
-        raise NotImplementedError
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         ids = self.encode_batch([text])[0]
@@ -152,15 +154,8 @@ class HFTokenizer(Tokenizer):
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any]:
-        if not path.is_file():
-            return {}
-        if path.stat().st_size > MAX_TOKENIZER_BYTES:
-            raise TokenizerError(f"{path}: larger than {MAX_TOKENIZER_BYTES} bytes")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
-        return data if isinstance(data, dict) else {}
+        """A settings file beside tokenizer.json, bounded and checked as every JSON file pnlm reads; {} if absent."""
+        return read_json_object(path, MAX_TOKENIZER_BYTES, TokenizerError) if path.is_file() else {}
 
     def _special_id(self, settings: dict[str, Any], model_config: dict[str, Any], which: str, source: Path) -> int:
         token = _special_token(settings.get(f"{which}_token"))
