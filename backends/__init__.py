@@ -42,7 +42,7 @@ def make_train_step(backend: str, spec, weights, optimizer, precision: str = "fl
     the adapters train), and its train step (see pnlm/training/step.py). compile: torch.compile (torch only;
     MLX's step is always compiled); fsdp: shard the model under torchrun (torch only); distributed=False:
     train alone even under torchrun (a mixture's experts); loss: what the step minimizes, cross-entropy (None)
-    or distillation's (a pnlm.losses.DistillSpec, for a student's step)."""
+    or distillation's (a pnlm.model.losses.DistillSpec, for a student's step)."""
     _use_free_cores(backend)
     if backend in ("torch", "cuda"):
         try:

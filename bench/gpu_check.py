@@ -32,10 +32,10 @@ def throughput(preset: str, compiled: bool) -> dict:
     import torch
 
     from pnlm.backends import make_train_step
-    from pnlm.cost import peak_flops, train_flops_per_token
-    from pnlm.spec import PRESETS, OptimizerSpec
+    from pnlm.training.cost import peak_flops, train_flops_per_token
+    from pnlm.model.spec import PRESETS, OptimizerSpec
     from pnlm.training.batches import Batch
-    from pnlm.weights import init_weights
+    from pnlm.checkpoints.weights import init_weights
 
     spec = PRESETS[preset]
     step = make_train_step("cuda", spec, init_weights(spec, 0), OptimizerSpec(), precision="bfloat16",
@@ -71,8 +71,8 @@ def cuda_logit_difference(preset: str, rows: int, length: int) -> tuple[float, f
     import torch
 
     from pnlm.backends.torch.model import Transformer
-    from pnlm.spec import PRESETS
-    from pnlm.weights import init_weights
+    from pnlm.model.spec import PRESETS
+    from pnlm.checkpoints.weights import init_weights
 
     spec = PRESETS[preset]
     weights = init_weights(spec, 0)

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from pnlm.backends import make_train_step
-from pnlm.checkpoint import load_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint
 from pnlm.data.samplers import cluster_groups
 from pnlm.data.store import TokenStore
 from pnlm.training.batches import shifted
-from pnlm.projection import EXPERT_EMBEDDING, expert_vector, instantiate
-from pnlm.spec import OptimizerSpec
+from pnlm.model.projection import EXPERT_EMBEDDING, expert_vector, instantiate
+from pnlm.model.spec import OptimizerSpec
 
 
 def perplexity(step_fn, store: TokenStore, split: str, k: int, route) -> float:

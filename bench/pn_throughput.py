@@ -42,8 +42,8 @@ def measure(backend: str, spec: dict, store_path: str, steps: int, batch_size: i
     from pnlm.data.store import TokenStore
     from pnlm.training.loop import TrainConfig
     from pnlm.training.runs import run_training
-    from pnlm.spec import ModelSpec, OptimizerSpec
-    from pnlm.weights import init_weights
+    from pnlm.model.spec import ModelSpec, OptimizerSpec
+    from pnlm.checkpoints.weights import init_weights
 
     torch.set_num_threads(threads)
     spec = ModelSpec.from_dict(spec)
@@ -78,7 +78,7 @@ def main() -> None:
     import pnlm
     from pnlm.data import iter_documents
     from pnlm.data.prepare import prepare_store
-    from pnlm.spec import Projection, load_spec
+    from pnlm.model.spec import Projection, load_spec
     from pnlm.tokenizer import train_tokenizer
 
     projections = [Projection(*map(int, p.split(","))) for p in args.projections.split(":")]

@@ -57,8 +57,8 @@ def main() -> None:
     import pnlm.backends.mlx as mlx_backend  # loads the BLAS before anything imports mlx.core
     import torch
 
-    from pnlm.spec import OptimizerSpec, load_spec
-    from pnlm.weights import init_weights
+    from pnlm.model.spec import OptimizerSpec, load_spec
+    from pnlm.checkpoints.weights import init_weights
 
     torch.set_num_threads(args.threads)
     spec = load_spec(args.model)

@@ -26,10 +26,10 @@ MODES = ("pretrain", "finetune", "lora", "bf16")
 def run_once(backend: str, mode: str, spec, weights, tokenizer, store, steps: int, batch_size: int,
              out: Path) -> float:
     from pnlm.backends import make_train_step
-    from pnlm.lora import LoraSpec, init_adapters
+    from pnlm.model.lora import LoraSpec, init_adapters
     from pnlm.training.loop import TrainConfig
     from pnlm.training.runs import run_training
-    from pnlm.spec import OptimizerSpec
+    from pnlm.model.spec import OptimizerSpec
 
     lora = LoraSpec(rank=8, alpha=16.0) if mode == "lora" else None
     config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=1e-3),
@@ -39,8 +39,8 @@ def run_once(backend: str, mode: str, spec, weights, tokenizer, store, steps: in
                               lora=lora, adapters=init_adapters(spec, lora) if lora else None)
     writer = None
     if lora is not None:
-        from pnlm.adapter_checkpoint import AdapterWriter
-        from pnlm.checkpoint import load_checkpoint, save_checkpoint
+        from pnlm.checkpoints.adapter_checkpoint import AdapterWriter
+        from pnlm.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 
         base = save_checkpoint(out / "base", spec, weights, tokenizer)
         writer = AdapterWriter(base, load_checkpoint(base), lora, "slm")
@@ -67,9 +67,9 @@ def main() -> None:
     import pnlm
     from pnlm.data import iter_documents
     from pnlm.data.prepare import prepare_store
-    from pnlm.spec import load_spec
+    from pnlm.model.spec import load_spec
     from pnlm.tokenizer import train_tokenizer
-    from pnlm.weights import init_weights
+    from pnlm.checkpoints.weights import init_weights
 
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]

@@ -70,7 +70,7 @@ def main() -> None:
     import pnlm
     from mlx_lm import load, stream_generate
     from pnlm.data.store import TokenStore
-    from pnlm.hf import export_hf
+    from pnlm.checkpoints.hf import export_hf
 
     store = TokenStore(args.store)
     results: dict[str, list[float]] = {"pnlm_finetune": [], "mlx_lm_finetune": [], "pnlm_generate": [],

@@ -10,7 +10,7 @@ from rich.markup import escape
 from pnlm.cli import advise, cluster, data, distill, experiment, generate, info, init, instantiate, interop, pretrain, train
 from pnlm.cli.console import console
 from pnlm.errors import PnlmError
-from pnlm.run_lock import abandon_runs, release_outputs
+from pnlm.files.run_lock import abandon_runs, release_outputs
 
 app = typer.Typer(name="pnlm", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Small specialized language models, planned early (arXiv 2402.01093).")

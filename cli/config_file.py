@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from pnlm.errors import InputError
-from pnlm.toml_file import read_toml
+from pnlm.files.toml_file import read_toml
 
 MAX_CONFIG_BYTES = 1 << 20
 

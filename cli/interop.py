@@ -10,7 +10,7 @@ import pnlm
 from pnlm.cli.console import console, print_json
 from pnlm.cli.options import OVERWRITE
 from pnlm.errors import PnlmError
-from pnlm.peft_adapters import is_peft_adapter
+from pnlm.checkpoints.peft_adapters import is_peft_adapter
 
 
 def folder_bytes(folder: Path) -> int:

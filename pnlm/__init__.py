@@ -42,7 +42,7 @@ def load(path: str | Path, backend: str = "auto", dtype: str = "float32") -> Any
     default: cuda with an NVIDIA GPU, mlx on Apple silicon, torch elsewhere; mlx for a quantized MLX folder).
     """
     from pnlm.backend_loader import load_inference_model, resolve_backend
-    from pnlm.model_folder import is_quantized_folder
+    from pnlm.checkpoints.model_folder import is_quantized_folder
 
     return load_inference_model(path, resolve_backend(backend, mlx_only=is_quantized_folder(path)), dtype)
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from pnlm.errors import PnlmError
-from pnlm.lora import LoraSpec, fuse
-from pnlm.losses import log_softmax
-from pnlm.decoding import SamplingConfig, TokenSampler
-from pnlm.spec import ModelSpec
+from pnlm.model.lora import LoraSpec, fuse
+from pnlm.model.losses import log_softmax
+from pnlm.model.decoding import SamplingConfig, TokenSampler
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
 
@@ -49,14 +49,14 @@ class LoadedModel:
     tokenizer: Tokenizer
     method: str
     adapters: Adapters | None = None
-    quantized: Any = None  # a quantized MLX model folder (pnlm/model_folder.py): weights MLX reads itself
+    quantized: Any = None  # a quantized MLX model folder (pnlm/checkpoints/model_folder.py): weights MLX reads itself
 
 
 def read_model(path: str | Path) -> LoadedModel:
-    from pnlm.adapter_checkpoint import load_adapter_checkpoint
-    from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint
-    from pnlm.model_folder import is_model_folder, read_model_folder
-    from pnlm.weights import load_safetensors
+    from pnlm.checkpoints.adapter_checkpoint import load_adapter_checkpoint
+    from pnlm.checkpoints.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint
+    from pnlm.checkpoints.model_folder import is_model_folder, read_model_folder
+    from pnlm.checkpoints.weights import load_safetensors
 
     if is_model_folder(path):  # a Hugging Face or MLX folder, as `pnlm export` writes them
         folder = read_model_folder(path)
@@ -175,7 +175,7 @@ class InferenceModel(abc.ABC):
         return self.tokenizer.decode(new)
 
     def save(self, path: str | Path, method: str | None = None) -> Path:
-        from pnlm.checkpoint import save_checkpoint
+        from pnlm.checkpoints.checkpoint import save_checkpoint
 
         weights = self.canonical_weights()
         if self.adapters is not None:  # a plain checkpoint holds base and adapters fused

@@ -21,9 +21,9 @@ from typing import Any
 
 import sentencepiece as spm
 
-from pnlm.atomic import atomic_dir
+from pnlm.files.atomic import atomic_dir
 from pnlm.errors import TokenizerError
-from pnlm.json_object import read_json_object
+from pnlm.files.json_object import read_json_object
 
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece: the file pnlm trains
 HF_TOKENIZER_FILE = "tokenizer.json"

@@ -9,11 +9,11 @@ import pnlm.backends.mlx  # noqa: E402,F401  (loads the optimized BLAS before an
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pnlm.checkpoint import save_checkpoint  # noqa: E402
+from pnlm.checkpoints.checkpoint import save_checkpoint  # noqa: E402
 from pnlm.data import iter_documents  # noqa: E402
-from pnlm.spec import PRESETS  # noqa: E402
+from pnlm.model.spec import PRESETS  # noqa: E402
 from pnlm.tokenizer import train_tokenizer  # noqa: E402
-from pnlm.weights import init_weights  # noqa: E402
+from pnlm.checkpoints.weights import init_weights  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from pnlm.checkpoint import MANIFEST_FILE
+from pnlm.checkpoints.checkpoint import MANIFEST_FILE
 from pnlm.errors import PnlmError
 from pnlm.tokenizer import file_sha256
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import pnlm
-from pnlm.checkpoint import save_checkpoint
+from pnlm.checkpoints.checkpoint import save_checkpoint
 from pnlm.errors import BackendError, PnlmError
-from pnlm.spec import ModelSpec
-from pnlm.weights import init_weights
+from pnlm.model.spec import ModelSpec
+from pnlm.checkpoints.weights import init_weights
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_saved_in_one_backend_loaded_in_the_other(tmp_path, tiny_checkpoint, two
 
 
 def test_resaved_weights_are_bit_identical(tmp_path, tiny_checkpoint):
-    from pnlm.checkpoint import load_checkpoint
+    from pnlm.checkpoints.checkpoint import load_checkpoint
 
     original = load_checkpoint(tiny_checkpoint).weights
     for backend in ("torch", "mlx"):

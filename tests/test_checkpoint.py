@@ -12,10 +12,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pnlm.checkpoint import load_checkpoint, verify_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint, verify_checkpoint
 from pnlm.errors import CheckpointError
 from pnlm.tokenizer import file_sha256
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 
 
 def copy_checkpoint(src, dst):
@@ -113,10 +113,10 @@ def test_safetensors_header_that_lies_is_refused(tmp_path, tiny_checkpoint, lie)
 
 SAVE_LOOP = """
 import sys
-from pnlm.checkpoint import save_checkpoint
-from pnlm.spec import ModelSpec
+from pnlm.checkpoints.checkpoint import save_checkpoint
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import load_tokenizer
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 tok = load_tokenizer(sys.argv[2])
 spec = ModelSpec(vocab_size=tok.vocab_size, d_model=512, n_layers=6, n_heads=8, n_kv_heads=8, d_ff=1536, context=64)
 weights = init_weights(spec, 0)

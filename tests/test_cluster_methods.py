@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_DATA, kill_after_first_checkpoint
-from pnlm.checkpoint import load_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint
 from pnlm.clustering import assign_clusters, fit_clusters
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store

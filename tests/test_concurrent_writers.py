@@ -75,7 +75,7 @@ def test_the_lock_of_a_killed_writer_is_taken_over(inputs, tmp_path):
 def test_a_second_writer_of_an_output_is_refused(inputs, tmp_path, command):
     """Outputs written whole (stores, clusters, tokenizers, checkpoints) are locked beside themselves, while
     their writer runs; here this test process is the first writer."""
-    from pnlm.run_lock import lock_output, release_outputs
+    from pnlm.files.run_lock import lock_output, release_outputs
 
     out, lock = tmp_path / "out", tmp_path / ".out.pnlm.lock"
     lock_output(out)

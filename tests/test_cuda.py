@@ -11,9 +11,9 @@ import torch
 
 import pnlm
 from pnlm.backends import make_train_step
-from pnlm.spec import PRESETS, OptimizerSpec
+from pnlm.model.spec import PRESETS, OptimizerSpec
 from pnlm.training.batches import Batch
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from gpu_check import cuda_logit_difference  # noqa: E402

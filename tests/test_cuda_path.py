@@ -19,9 +19,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import pnlm
 from pnlm.backends import make_train_step
 from pnlm.backends.torch.cross_entropy import chunk_rows, linear_cross_entropy
-from pnlm.spec import OptimizerSpec, PRESETS
+from pnlm.model.spec import OptimizerSpec, PRESETS
 from pnlm.training.prefetch import Prefetcher
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ from pnlm.backends import make_train_step
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.methods.distillation import DistillSpec, LiveTeacher, distill_loss, write_teacher_cache
-from pnlm.spec import OptimizerSpec
-from pnlm.weights import init_weights
+from pnlm.model.spec import OptimizerSpec
+from pnlm.checkpoints.weights import init_weights
 
 SPEC = DistillSpec(alpha=0.3, temperature=2.0)
 
@@ -65,7 +65,7 @@ def test_top_vocabulary_cache_gives_the_live_teachers_loss(tmp_path, store, tiny
 
 
 def test_distilled_student_moves_towards_its_teacher(tmp_path, store, tokenizer, tiny_spec):
-    from pnlm.checkpoint import save_checkpoint
+    from pnlm.checkpoints.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "teacher", tiny_spec, init_weights(tiny_spec, 7), tokenizer)
     save_checkpoint(tmp_path / "student", tiny_spec, init_weights(tiny_spec, 8), tokenizer)

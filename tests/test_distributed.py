@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_DATA, kill_after_first_checkpoint
-from pnlm.checkpoint import load_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 
@@ -65,8 +65,8 @@ EVALUATE = """
 import json, sys
 import numpy as np
 from pnlm.backends import make_train_step
-from pnlm.spec import PRESETS, OptimizerSpec
-from pnlm.weights import init_weights
+from pnlm.model.spec import PRESETS, OptimizerSpec
+from pnlm.checkpoints.weights import init_weights
 
 results = {}
 for preset in ("tiny", "pn-tiny"):

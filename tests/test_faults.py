@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pnlm.checkpoint import verify_checkpoint
+from pnlm.checkpoints.checkpoint import verify_checkpoint
 from pnlm.data.store import TokenStore
 
 from conftest import MICRO_PLAN

@@ -24,13 +24,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzing import FUZZ, Outcomes, absurd_numbers, cuts, edits, json_values, mutate, resealed, safetensors_bytes
-from pnlm.checkpoint import load_checkpoint, save_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.store import TokenStore
 from pnlm.experiment.plan import load_plan
-from pnlm.spec import ModelSpec, load_spec
+from pnlm.model.spec import ModelSpec, load_spec
 from pnlm.tokenizer import file_sha256
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "context", "rope_theta",

@@ -18,14 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzing import FUZZ, Outcomes, cuts, edits, hostile_json, json_values, mutate, resealed, safetensors_bytes
-from pnlm.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
-from pnlm.checkpoint import ModelWriter, load_checkpoint, save_checkpoint
+from pnlm.checkpoints.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
+from pnlm.checkpoints.checkpoint import ModelWriter, load_checkpoint, save_checkpoint
 from pnlm.methods.mixture import read_mix_file, write_mix_file
-from pnlm.hf import export_hf, import_hf
-from pnlm.lora import LoraSpec, init_adapters
-from pnlm.run_identity import check_same_run
-from pnlm.spec import ModelSpec, OptimizerSpec, load_spec
-from pnlm.weights import init_weights
+from pnlm.checkpoints.hf import export_hf, import_hf
+from pnlm.model.lora import LoraSpec, init_adapters
+from pnlm.checkpoints.run_identity import check_same_run
+from pnlm.model.spec import ModelSpec, OptimizerSpec, load_spec
+from pnlm.checkpoints.weights import init_weights
 
 HF_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
            "num_key_value_heads", "intermediate_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",

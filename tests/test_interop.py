@@ -14,9 +14,9 @@ import pytest
 import pnlm
 from conftest import SAMPLE_DATA
 from pnlm.backends import make_train_step
-from pnlm.checkpoint import save_checkpoint
-from pnlm.spec import OptimizerSpec
-from pnlm.weights import init_weights
+from pnlm.checkpoints.checkpoint import save_checkpoint
+from pnlm.model.spec import OptimizerSpec
+from pnlm.checkpoints.weights import init_weights
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -90,7 +90,7 @@ def test_import_of_the_export_is_the_model(trained, exported, tmp_path):
 def test_export_refuses_what_is_not_a_plain_model(tmp_path, tokenizer, tiny_spec):
     import dataclasses
 
-    from pnlm.spec import Projection
+    from pnlm.model.spec import Projection
 
     spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=2, m=2)).validate()
     save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")

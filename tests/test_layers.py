@@ -46,23 +46,64 @@ def test_the_import_contracts_hold(tmp_path):
 
 def test_a_forbidden_import_breaks_them(tmp_path):
     layout = installed_layout(tmp_path)
-    spec = layout / "pnlm" / "spec.py"
+    spec = layout / "pnlm" / "model" / "spec.py"
     spec.write_text(spec.read_text() + "\nimport torch  # a framework in the core\n")
     cli_in_backend = layout / "pnlm" / "backends" / "mlx" / "model.py"
     cli_in_backend.write_text(cli_in_backend.read_text() + "\nimport pnlm.backends.torch.model\n")
     result = lint(layout)
     assert result.returncode != 0
-    assert "pnlm.spec is not allowed to import torch" in result.stdout, result.stdout[-3000:]
+    assert "pnlm.model is not allowed to import torch" in result.stdout, result.stdout[-3000:]
+    assert "pnlm.model.spec -> torch" in result.stdout
     assert "pnlm.backends.mlx is not allowed to import pnlm.backends.torch" in result.stdout
 
 
-def test_every_core_module_is_under_the_contract():
+@pytest.mark.parametrize("planted, crossing", [
+    # a file guard reaching up to training, the model maths reaching up to the checkpoints
+    (("files", "atomic.py", "from pnlm.training.schedule import learning_rate"), "pnlm.files.atomic -> pnlm.training.schedule"),
+    (("model", "lora.py", "from pnlm.checkpoints.weights import canonical_shapes"),
+     "pnlm.model.lora -> pnlm.checkpoints.weights"),
+    # a lower layer importing one above it, and two siblings of one layer importing each other
+    (("data", "store.py", "import pnlm.methods.experts"), "pnlm.data.store -> pnlm.methods.experts"),
+    (("clustering", "kmeans.py", "import pnlm.training.schedule"), "pnlm.clustering.kmeans -> pnlm.training.schedule"),
+])
+def test_an_import_across_a_layer_breaks_them(tmp_path, planted, crossing):
+    layout = installed_layout(tmp_path)
+    folder, name, line = planted
+    module = layout / "pnlm" / folder / name
+    module.write_text(module.read_text() + f"\n{line}  # planted: crosses a layer\n")
+    result = lint(layout)
+    assert result.returncode != 0
+    assert crossing in result.stdout, result.stdout[-3000:]
+
+
+def config_modules(section: str, key: str) -> set[str]:
     config = ConfigParser()
     config.read(ROOT / ".importlinter")
-    listed = set(config["importlinter:contract:core"]["source_modules"].split())
+    return set(config[f"importlinter:contract:{section}"][key].replace("|", " ").split())
+
+
+def core_units() -> set[str]:
+    """The core's loose modules and subpackages, as the contracts name them."""
     present = {f"pnlm.{p.stem}" for p in (ROOT / "pnlm").glob("*.py") if p.stem != "__init__"}
     present |= {f"pnlm.{p.name}" for p in (ROOT / "pnlm").iterdir() if (p / "__init__.py").is_file()}
-    assert present - {"pnlm.sample_data"} == listed
+    return present - {"pnlm.sample_data"}
+
+
+def test_every_core_module_is_under_the_contracts():
+    assert core_units() == config_modules("core", "source_modules")
+    assert core_units() == config_modules("layers", "layers")
+    assert config_modules("foundations", "forbidden_modules") == core_units() - {
+        "pnlm.files", "pnlm.model", "pnlm.errors"}
+
+
+def test_the_core_has_few_loose_modules_and_every_subpackage_says_what_lives_there():
+    loose = sorted(p.name for p in (ROOT / "pnlm").glob("*.py"))
+    assert len(loose) <= 8, loose
+    for init in (ROOT / "pnlm").glob("*/__init__.py"):
+        if init.parent.name == "sample_data":
+            continue
+        docstring = ast.get_docstring(ast.parse(init.read_text()))
+        assert docstring and len(docstring) > 40, f"{init.relative_to(ROOT)} says nothing of what lives there"
 
 
 def commands(group: typer.Typer, prefix: str = "") -> dict[str, object]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_DATA, kill_after_first_checkpoint
-from pnlm.checkpoint import load_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.data.samplers import batch_indices

@@ -10,12 +10,12 @@ import pytest
 
 import pnlm
 from conftest import SAMPLE_DATA
-from pnlm.adapter_checkpoint import load_adapter_checkpoint
+from pnlm.checkpoints.adapter_checkpoint import load_adapter_checkpoint
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.errors import CheckpointError
-from pnlm.lora import LoraSpec, fuse, init_adapters
-from pnlm.weights import init_weights
+from pnlm.model.lora import LoraSpec, fuse, init_adapters
+from pnlm.checkpoints.weights import init_weights
 
 
 def pnlm_cli(*args):
@@ -43,8 +43,8 @@ def test_adapted_model_equals_the_fused_oracle(tiny_spec, backend):
     lora = LoraSpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj")).validate(tiny_spec)
     weights, adapters = init_weights(tiny_spec, 0), random_adapters(tiny_spec, lora)
     tokens = np.random.default_rng(3).integers(0, tiny_spec.vocab_size, (2, 40))
-    adapted = make_train_step(backend, tiny_spec, weights, pnlm.spec.OptimizerSpec(), lora=lora, adapters=adapters)
-    fused = make_train_step(backend, tiny_spec, fuse(weights, adapters, tiny_spec, lora), pnlm.spec.OptimizerSpec())
+    adapted = make_train_step(backend, tiny_spec, weights, pnlm.model.spec.OptimizerSpec(), lora=lora, adapters=adapters)
+    fused = make_train_step(backend, tiny_spec, fuse(weights, adapters, tiny_spec, lora), pnlm.model.spec.OptimizerSpec())
     a, _ = adapted.nll(tokens[:, :-1], tokens[:, 1:])
     b, _ = fused.nll(tokens[:, :-1], tokens[:, 1:])
     assert abs(a - b) < 1e-5 * abs(b)
@@ -97,7 +97,7 @@ def test_lora_resume_continues_exactly(tmp_path, tiny_checkpoint, domain, backen
 
 
 def test_adapters_refuse_a_changed_base(tmp_path, tiny_checkpoint, tokenizer, tiny_spec, domain):
-    from pnlm.checkpoint import save_checkpoint
+    from pnlm.checkpoints.checkpoint import save_checkpoint
 
     base = save_checkpoint(tmp_path / "base", tiny_spec, init_weights(tiny_spec, 0), tokenizer)
     run = tmp_path / "run"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_in_process as pnlm, micro_run_inputs
-from pnlm.memory import available_bytes, training_estimate
-from pnlm.spec import load_spec
+from pnlm.training.memory import available_bytes, training_estimate
+from pnlm.model.spec import load_spec
 
 # Inside the spec's bounds (115 billion parameters), about 430 GiB of float32 weights alone.
 HUGE_MODEL = ("[model]\nvocab_size = 512\nd_model = 8192\nn_layers = 120\nn_heads = 64\nn_kv_heads = 8\n"

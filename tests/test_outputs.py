@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import SAMPLE_DATA, cli_in_process as pnlm
-from pnlm.outputs import output_kind
+from pnlm.files.outputs import output_kind
 
 
 def commands(inputs, out):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import pnlm
-from pnlm.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
-from pnlm.checkpoint import load_checkpoint
-from pnlm.lora import LoraSpec, adapter_shapes
+from pnlm.checkpoints.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
+from pnlm.checkpoints.checkpoint import load_checkpoint
+from pnlm.model.lora import LoraSpec, adapter_shapes
 
 peft = pytest.importorskip("peft")
 torch = pytest.importorskip("torch")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from pnlm.errors import PnlmError, SpecError
-from pnlm.projection import EXPERT_EMBEDDING, coefficients, expert_vector, instantiate, projected_matrices, \
+from pnlm.model.projection import EXPERT_EMBEDDING, coefficients, expert_vector, instantiate, projected_matrices, \
     projected_weight, routed_projection
-from pnlm.spec import ModelSpec, OptimizerSpec, Projection
-from pnlm.weights import init_weights
+from pnlm.model.spec import ModelSpec, OptimizerSpec, Projection
+from pnlm.checkpoints.weights import init_weights
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_experts_start_as_alike_as_the_spec_says(tiny_spec, similarity):
 def test_a_checkpoint_from_before_expert_similarity_reads_as_independent_experts(tmp_path, tokenizer, tiny_spec):
     import json
 
-    from pnlm.checkpoint import read_spec, save_checkpoint
+    from pnlm.checkpoints.checkpoint import read_spec, save_checkpoint
 
     spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=3, m=2)).validate()
     save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")
@@ -203,7 +203,7 @@ def test_a_projected_network_is_refused_where_a_plain_model_is_needed(tmp_path, 
     import subprocess
     import sys
 
-    from pnlm.checkpoint import save_checkpoint
+    from pnlm.checkpoints.checkpoint import save_checkpoint
 
     spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=3, m=2)).validate()
     save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pnlm.schedule import learning_rate
+from pnlm.training.schedule import learning_rate
 
 
 def test_warmup_then_cosine_to_the_floor():

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from pnlm.errors import SpecError
-from pnlm.spec import PRESETS, ModelSpec, Projection, load_spec
+from pnlm.model.spec import PRESETS, ModelSpec, Projection, load_spec
 
 
 def pnlm_cli(*args):
@@ -28,7 +28,7 @@ def test_paper_shapes():
 
 
 def test_param_count_equals_allocated_model(tiny_spec):
-    from pnlm.weights import init_weights
+    from pnlm.checkpoints.weights import init_weights
 
     for spec in (tiny_spec, ModelSpec(**{**tiny_spec.to_dict(), "tied_embeddings": False, "projection": None})):
         assert sum(a.size for a in init_weights(spec).values()) == spec.params_inference()

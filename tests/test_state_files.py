@@ -57,7 +57,7 @@ def test_an_oversized_mixture_description_is_refused_unread(tmp_path, capsys, mo
 
 
 def test_an_optimizer_state_of_another_shape_is_one_line(tmp_path, capsys, monkeypatch):
-    from pnlm.weights import load_safetensors, save_safetensors
+    from pnlm.checkpoints.weights import load_safetensors, save_safetensors
 
     run, args = started_run(tmp_path, capsys, monkeypatch)
     latest = run / "latest"

@@ -142,7 +142,7 @@ def test_labels_are_checked_against_clusters_json(tmp_path, tokenizer):
 
 
 def test_a_write_sweeps_what_killed_writers_left(tmp_path):
-    from pnlm.atomic import atomic_dir, temporary_prefix
+    from pnlm.files.atomic import atomic_dir, temporary_prefix
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

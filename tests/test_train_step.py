@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pnlm.spec import OptimizerSpec
-from pnlm.weights import init_weights
+from pnlm.model.spec import OptimizerSpec
+from pnlm.checkpoints.weights import init_weights
 
 
 def train(backend, spec, batches, optimizer):

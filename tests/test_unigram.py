@@ -11,7 +11,7 @@ import pytest
 from pnlm.data.prepare import prepare_store
 from pnlm.errors import PnlmError
 from pnlm.tokenizer import train_tokenizer
-from pnlm.unigram import fit_unigram, target_counts
+from pnlm.training.unigram import fit_unigram, target_counts
 
 WORDS = "the a of truth man fortune wife house letter sister ball London morning walk".split()
 

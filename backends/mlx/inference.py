@@ -14,8 +14,8 @@ from pnlm.backends.mlx.lora import apply_lora
 from pnlm.backends.mlx.model import KVCache, Transformer
 from pnlm.backends.mlx.quantized import load_quantized
 from pnlm.errors import BackendError
-from pnlm.decoding import TokenSampler
-from pnlm.spec import ModelSpec
+from pnlm.model.decoding import TokenSampler
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
 CACHE_LENGTH_STEP = 256

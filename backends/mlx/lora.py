@@ -1,4 +1,4 @@
-"""LoRA on MLX: adapted linear layers, mirroring backends/torch/lora.py (the maths: pnlm/lora.py)."""
+"""LoRA on MLX: adapted linear layers, mirroring backends/torch/lora.py (the maths: pnlm/model/lora.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from pnlm.lora import LoraSpec, adapted_layers, check_adapters
+from pnlm.model.lora import LoraSpec, adapted_layers, check_adapters
 
 
 class LoRALinear(nn.Linear):

@@ -11,10 +11,10 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from pnlm.backends.mlx.cpu_ops import masked_softmax, on_cpu, silu
-from pnlm.lora import ADAPTER_SUFFIXES
-from pnlm.projection import group_rows
-from pnlm.rope import inverse_frequencies
-from pnlm.spec import ModelSpec
+from pnlm.model.lora import ADAPTER_SUFFIXES
+from pnlm.model.projection import group_rows
+from pnlm.model.rope import inverse_frequencies
+from pnlm.model.spec import ModelSpec
 
 
 class KVCache:
@@ -129,7 +129,7 @@ class MLP(nn.Module):
 
 
 class ProjectedLinear(nn.Module):
-    """A weight matrix W = Σ_r (e @ M)[r] T[r] formed for an expert vector e (pnlm/projection.py)."""
+    """A weight matrix W = Σ_r (e @ M)[r] T[r] formed for an expert vector e (pnlm/model/projection.py)."""
 
     def __init__(self, in_features: int, out_features: int, spec: ModelSpec) -> None:
         super().__init__()

@@ -13,11 +13,11 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
-from pnlm.losses import DistillSpec
+from pnlm.model.losses import DistillSpec
 from pnlm.training.batches import Batch, micro_batch_rows
 from pnlm.training.step import batch_arrays, check_precision
-from pnlm.projection import expert_indices, group_rows
-from pnlm.spec import OptimizerSpec
+from pnlm.model.projection import expert_indices, group_rows
+from pnlm.model.spec import OptimizerSpec
 
 
 @dataclass
@@ -124,7 +124,7 @@ class TrainStep:
         self._apply = mx.compile(apply, inputs=state, outputs=state)
         self._nll_sum = nll_sum
         self._log_probs = log_probs
-        self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/losses.py)
+        self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/model/losses.py)
 
     rank = 0  # MLX trains in one process here
 
@@ -134,7 +134,7 @@ class TrainStep:
 
     @property
     def device_name(self) -> str:
-        """What the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)."""
+        """What the cost accounting looks the peak FLOP/s up by (pnlm/training/cost.py)."""
         return "cpu" if on_cpu() else f"mlx-{mx.default_device()}"
 
     @property
@@ -251,7 +251,7 @@ class TrainStep:
 
 
 def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The experts present and each row's position among them (pnlm.projection.group_rows), as inputs of the
+    """The experts present and each row's position among them (pnlm.model.projection.group_rows), as inputs of the
     compiled functions, so that other experts do not recompile (another number of them traces once more).
     A plain model ignores them."""
     indices = None if expert is None else expert_indices(expert, rows)

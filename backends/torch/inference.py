@@ -13,7 +13,7 @@ from pnlm.backends.torch.device import resolve_device, resolve_dtype
 from pnlm.backends.torch.lora import apply_lora
 from pnlm.backends.torch.model import KVCache, Transformer
 from pnlm.errors import BackendError
-from pnlm.spec import ModelSpec
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
 
 

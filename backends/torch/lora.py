@@ -1,4 +1,4 @@
-"""LoRA on PyTorch: adapted linear layers, mirroring backends/mlx/lora.py (the maths: pnlm/lora.py)."""
+"""LoRA on PyTorch: adapted linear layers, mirroring backends/mlx/lora.py (the maths: pnlm/model/lora.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pnlm.lora import LoraSpec, adapted_layers, check_adapters
+from pnlm.model.lora import LoraSpec, adapted_layers, check_adapters
 
 
 class LoRALinear(nn.Linear):

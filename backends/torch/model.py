@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pnlm.backends.torch.cross_entropy import linear_cross_entropy
-from pnlm.lora import ADAPTER_SUFFIXES
-from pnlm.rope import scaled_frequencies
-from pnlm.spec import ModelSpec
+from pnlm.model.lora import ADAPTER_SUFFIXES
+from pnlm.model.rope import scaled_frequencies
+from pnlm.model.spec import ModelSpec
 
 
 class RMSNorm(nn.Module):
@@ -112,7 +112,7 @@ class MLP(nn.Module):
 
 
 class ProjectedLinear(nn.Module):
-    """A weight matrix W = Σ_r (e @ M)[r] T[r] formed for an expert vector e (pnlm/projection.py)."""
+    """A weight matrix W = Σ_r (e @ M)[r] T[r] formed for an expert vector e (pnlm/model/projection.py)."""
 
     def __init__(self, in_features: int, out_features: int, spec: ModelSpec) -> None:
         super().__init__()

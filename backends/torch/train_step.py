@@ -15,12 +15,12 @@ from torch.nn.parallel import DistributedDataParallel
 from pnlm.backends.torch.distributed import (all_reduce_sum, gather_optimizer_state, gather_weights, init_distributed,
                                              rank_rows, scatter_optimizer_state, scatter_weights, shard_model)
 from pnlm.backends.torch.model import ExpertGroups, Transformer
-from pnlm.losses import DistillSpec
+from pnlm.model.losses import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.training.batches import Batch, micro_batch_rows
 from pnlm.training.step import batch_arrays, check_precision
-from pnlm.projection import rows_by_expert
-from pnlm.spec import OptimizerSpec
+from pnlm.model.projection import rows_by_expert
+from pnlm.model.spec import OptimizerSpec
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainStep:
                  compile: bool = False, fsdp: bool = False, distributed: bool = True,
                  loss: DistillSpec | None = None) -> None:
         self.model = model
-        self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/losses.py)
+        self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/model/losses.py)
         self.optimizer_spec = optimizer
         self.device = next(model.parameters()).device
         self.precision = check_precision(precision)
@@ -78,7 +78,7 @@ class TrainStep:
 
     @property
     def device_name(self) -> str:
-        """What the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)."""
+        """What the cost accounting looks the peak FLOP/s up by (pnlm/training/cost.py)."""
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
 
     @property
@@ -213,7 +213,7 @@ class TrainStep:
     def _loss_sum(self, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, expert, soft: tuple | None,
                   network: torch.nn.Module) -> torch.Tensor:
         """Σ mask · loss over a batch's targets: the chunked cross-entropy fused with the output layer
-        (backends/torch/cross_entropy.py), or with a teacher the distillation loss of pnlm/losses.py."""
+        (backends/torch/cross_entropy.py), or with a teacher the distillation loss of pnlm/model/losses.py."""
         if soft is None:
             return network(x, expert=expert, targets=y, token_weights=m)
         logits = network(x, expert=expert).float()

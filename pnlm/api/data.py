@@ -19,8 +19,8 @@ from pnlm.data.prepare import prepare_store
 from pnlm.data.readers import TXT_MODES, ReadStats, iter_documents
 from pnlm.data.store import TokenStore
 from pnlm.errors import InputError
-from pnlm.outputs import CLUSTERS, TOKEN_STORE, TOKENIZER, writing_output
-from pnlm.run_lock import output_lock
+from pnlm.files.outputs import CLUSTERS, TOKEN_STORE, TOKENIZER, writing_output
+from pnlm.files.run_lock import output_lock
 from pnlm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer as train_sentencepiece
 
 PathLike = str | Path

@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pnlm.adapter_checkpoint import fuse_checkpoint
-from pnlm.atomic import atomic_dir
+from pnlm.checkpoints.adapter_checkpoint import fuse_checkpoint
+from pnlm.files.atomic import atomic_dir
 from pnlm.backend_loader import convert_to_mlx
-from pnlm.checkpoint import read_spec, save_checkpoint, verify_checkpoint
+from pnlm.checkpoints.checkpoint import read_spec, save_checkpoint, verify_checkpoint
 from pnlm.errors import PnlmError
-from pnlm.experts import Instantiated
-from pnlm.hf import export_hf as write_hf, import_hf as read_hf
-from pnlm.memory import check_fits, init_estimate
+from pnlm.methods.experts import Instantiated
+from pnlm.checkpoints.hf import export_hf as write_hf, import_hf as read_hf
+from pnlm.training.memory import check_fits, init_estimate
 from pnlm.methods import mixture, projected
-from pnlm.outputs import ADAPTER, CHECKPOINT, writing_output
-from pnlm.peft_adapters import read_peft, write_peft
-from pnlm.spec import ModelSpec, load_spec
+from pnlm.files.outputs import ADAPTER, CHECKPOINT, writing_output
+from pnlm.checkpoints.peft_adapters import read_peft, write_peft
+from pnlm.model.spec import ModelSpec, load_spec
 from pnlm.tokenizer import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, load_tokenizer
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 
 PathLike = str | Path
 

@@ -14,23 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from pnlm.backend_loader import load_inference_model, make_train_step, resolve_backend
-from pnlm.checkpoint import load_checkpoint, weights_sha256
+from pnlm.checkpoints.checkpoint import load_checkpoint, weights_sha256
 from pnlm.clustering.clusters import load_clusters
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.experts import check_labelled
+from pnlm.methods.experts import check_labelled
 from pnlm.inference import LogitsScorer, read_model, refuse_projected
 from pnlm.training.evaluation import evaluate as evaluate_split
 from pnlm.training.loop import TrainConfig
-from pnlm.lora import LoraSpec, init_adapters, trainable_parameters
-from pnlm.memory import check_fits, training_estimate
-from pnlm.run_lock import run_locks_released
+from pnlm.model.lora import LoraSpec, init_adapters, trainable_parameters
+from pnlm.training.memory import check_fits, training_estimate
+from pnlm.files.run_lock import run_locks_released
 from pnlm.methods import METHODS, PRETRAINED, dense, importance, mixture, projected
 from pnlm.methods.distillation import distill
 from pnlm.methods.mixture import MixtureSummary
 from pnlm.training.runs import (Pretraining, TrainingProgress, TrainSummary, default_compile, default_log_every,
                                 default_precision, main_process, open_run, run_training, steps_for)
-from pnlm.spec import OptimizerSpec, load_spec
+from pnlm.model.spec import OptimizerSpec, load_spec
 
 __all__ = ["pretrain", "finetune", "distill", "evaluate", "TrainSummary", "MixtureSummary", "TrainingProgress",
            "Evaluation"]
@@ -120,7 +120,7 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
     method = "slm-nopt" if from_scratch else base.method
     lora, adapters, writer = None, None, None
     if lora_rank:
-        from pnlm.adapter_checkpoint import AdapterWriter
+        from pnlm.checkpoints.adapter_checkpoint import AdapterWriter
 
         lora = LoraSpec(rank=lora_rank, alpha=2.0 * lora_rank if lora_alpha is None else lora_alpha).validate(base.spec)
         adapters = init_adapters(base.spec, lora, seed)
@@ -168,7 +168,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | list[str | Path], *, spl
              backend: str = "auto", batch_size: int = 8, unigram: str | Path | None = None) -> Evaluation:
     """Perplexity of a checkpoint (or LoRA adapters with their base) on one or several domains' stores.
     unigram: a store (the generic set) whose train split fits an add-one unigram model, the floor to beat."""
-    from pnlm.unigram import fit_unigram  # only needed with unigram
+    from pnlm.training.unigram import fit_unigram  # only needed with unigram
 
     stores = [data] if isinstance(data, (str, Path)) else list(data)
     ckpt = read_model(checkpoint)

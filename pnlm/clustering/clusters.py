@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
+from pnlm.files.atomic import atomic_dir
 from pnlm.clustering.embed import (DEFAULT_BATCH_SIZE, Embedder, ProgressFn, as_store, as_tokenizer, check_tokenizer,
                                 embed_store, resolve_embedder)
 from pnlm.clustering.histogram import histogram_report

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_file, sweep, temporary_prefix
+from pnlm.files.atomic import atomic_file, sweep, temporary_prefix
 from pnlm.data.store import TokenStore
 from pnlm.backend_loader import load_sentence_embedder, native_bfloat16
 from pnlm.errors import BackendError, InputError

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
+from pnlm.files.atomic import atomic_dir
 from pnlm.data.readers import ReadStats
 from pnlm.data.store import FORMAT, SPLITS, VERSION, TokenStore, token_dtype, window_bounds, write_meta
 from pnlm.errors import InputError

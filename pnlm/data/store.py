@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_file
+from pnlm.files.atomic import atomic_file
 from pnlm.errors import InputError
-from pnlm.json_object import read_json_object
+from pnlm.files.json_object import read_json_object
 from pnlm.tokenizer import TOKENIZER_FILE, TOKENIZER_FILE_SETS, Tokenizer, file_sha256, load_tokenizer, tokenizer_file_names
 
 FORMAT = "pnlm-token-store"

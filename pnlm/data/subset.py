@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
+from pnlm.files.atomic import atomic_dir
 from pnlm.data.store import CLUSTERS_FILE, TokenStore, labels_sha256, write_meta
 from pnlm.errors import InputError
 

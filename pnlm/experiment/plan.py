@@ -48,8 +48,8 @@ from typing import Any
 
 from pnlm.errors import PnlmError
 from pnlm.methods import METHODS as REGISTRY
-from pnlm.spec import PRESETS, ModelSpec, SpecError
-from pnlm.toml_file import read_toml
+from pnlm.model.spec import PRESETS, ModelSpec, SpecError
+from pnlm.files.toml_file import read_toml
 
 METHODS = tuple(REGISTRY)  # the order the work depends on: pnlm/methods/__init__.py
 BACKENDS = ("torch", "cuda", "mlx")

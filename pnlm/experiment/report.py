@@ -9,7 +9,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pnlm.atomic import atomic_file
+from pnlm.files.atomic import atomic_file
 from pnlm.experiment.results import Results, interpolate_log, read_results
 
 PLOTS = ("perplexity_vs_pretraining_cost.png", "specialization_cost.png")

@@ -26,15 +26,15 @@ from typing import Any
 import pnlm
 from pnlm import __version__
 from pnlm.api.data import ReadOptions
-from pnlm.atomic import atomic_file
+from pnlm.files.atomic import atomic_file
 from pnlm.clustering.histogram import histogram_report
-from pnlm.cost import train_flops_per_token
+from pnlm.training.cost import train_flops_per_token
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.experiment.plan import Plan, load_plan
 from pnlm.methods import METHODS
-from pnlm.outputs import EXPERIMENT, check_output
-from pnlm.run_lock import lock_run, run_locks_released
+from pnlm.files.outputs import EXPERIMENT, check_output
+from pnlm.files.run_lock import lock_run, run_locks_released
 from pnlm.training.runs import TrainingProgress
 
 RESULT_COLUMNS = ("method", "budget_steps", "domain", "domain_tokens", "train_tokens", "params_pretrain",
@@ -292,7 +292,7 @@ class Runner:
         return cell
 
     def pn_params(self) -> int:
-        from pnlm.spec import Projection
+        from pnlm.model.spec import Projection
 
         h, m = self.plan.projection
         return self.plan.slm.with_projection(Projection(h=h, k=self.plan.clusters, m=m)).params_pretrain()

@@ -6,6 +6,9 @@ the CLI's `--method`, the experiment plans' `methods`, the results' order and th
     mixture       SLM-mix: a hard mixture, one SLM per cluster, the domain's expert picked
     importance    SLM-is: an SLM pretrained on the generic windows resampled to the domain's clusters
     distillation  SLM-d: the SLM fine-tuned on the domain with the fine-tuned LLM as teacher
+
+experts.py holds what the methods with experts share: the clusters a run records, the expert a domain
+chooses, the instantiated checkpoint.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pnlm.errors import PnlmError
 from pnlm.training.runs import Pretraining, TrainSummary
-from pnlm.spec import ModelSpec
-from pnlm.weights import init_weights
+from pnlm.model.spec import ModelSpec
+from pnlm.checkpoints.weights import init_weights
 
 
 def pretrain(job: Pretraining, method: str, model: str) -> TrainSummary:

@@ -9,7 +9,7 @@ computed once and cached on disk (TeacherCache): the KL then runs over those k t
 tempered distribution renormalized over them, which is the exact KL when k is the vocabulary.
 
 The loss's settings and its numpy oracle (`distill_loss`, which both backends' losses are tested against)
-are in pnlm/losses.py, which the backends build their train step with.
+are in pnlm/model/losses.py, which the backends build their train step with.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
+from pnlm.files.atomic import atomic_dir
 from pnlm.backend_loader import make_train_step, resolve_backend
-from pnlm.checkpoint import load_checkpoint, weights_sha256
+from pnlm.checkpoints.checkpoint import load_checkpoint, weights_sha256
 from pnlm.data.samplers import ordered_groups
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.inference import refuse_projected
-from pnlm.json_object import read_json_object
-from pnlm.losses import DistillSpec, distill_loss, kl_to_teacher
-from pnlm.memory import check_fits, training_estimate
-from pnlm.run_lock import run_locks_released
-from pnlm.spec import OptimizerSpec
+from pnlm.files.json_object import read_json_object
+from pnlm.model.losses import DistillSpec, distill_loss, kl_to_teacher
+from pnlm.training.memory import check_fits, training_estimate
+from pnlm.files.run_lock import run_locks_released
+from pnlm.model.spec import OptimizerSpec
 from pnlm.training.batches import shifted
 from pnlm.training.loop import TrainConfig
 from pnlm.training.runs import TrainSummary, default_log_every, default_precision, main_process, open_run, run_training

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pnlm.checkpoint import ModelWriter
+from pnlm.checkpoints.checkpoint import ModelWriter
 from pnlm.clustering.clusters import Clusters
 from pnlm.clustering.histogram import cluster_histogram, importance_weights
 from pnlm.data.samplers import cluster_labels, ordered_groups
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.experts import domain_histogram
+from pnlm.methods.experts import domain_histogram
 from pnlm.training.runs import Pretraining, TrainSummary
 
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pnlm.atomic import atomic_file
-from pnlm.checkpoint import load_checkpoint
+from pnlm.files.atomic import atomic_file
+from pnlm.checkpoints.checkpoint import load_checkpoint
 from pnlm.clustering.clusters import Clusters
 from pnlm.data.samplers import ExpertSampler
 from pnlm.errors import PnlmError
-from pnlm.experts import Instantiated, chosen_index, clusters_record, domain_histogram, final_checkpoint
-from pnlm.json_object import read_json_object
+from pnlm.methods.experts import Instantiated, chosen_index, clusters_record, domain_histogram, final_checkpoint
+from pnlm.files.json_object import read_json_object
 from pnlm.training.runs import Pretraining, TrainSummary
-from pnlm.spec import MAX_EXPERTS, ModelSpec
+from pnlm.model.spec import MAX_EXPERTS, ModelSpec
 
 MIX_FILE = "mix.json"
 

@@ -1,5 +1,5 @@
 """SLM-pn, the projected network: every MLP matrix of the SLM is a mixture of h basis matrices, whose
-coefficients come from a learned expert embedding per cluster (pnlm/projection.py: the algebra, in numpy,
+coefficients come from a learned expert embedding per cluster (pnlm/model/projection.py: the algebra, in numpy,
 the oracle of both backends). Pretrained over the generic set's clusters (each row through its own
 cluster's expert); a domain instantiates the plain SLM of its top cluster's expert (or the mixture of
 experts its histogram weights, E_p = p @ E) and fine-tunes it. Inference costs the SLM's.
@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.checkpoint import ModelWriter, load_checkpoint
+from pnlm.checkpoints.checkpoint import ModelWriter, load_checkpoint
 from pnlm.clustering.clusters import Clusters
 from pnlm.data.samplers import ClusterSampler, RoutedSampler
 from pnlm.errors import PnlmError
-from pnlm.experts import Instantiated, chosen_index, clusters_record, domain_histogram, final_checkpoint
-from pnlm.projection import expert_vector, instantiate as instantiate_weights
+from pnlm.methods.experts import Instantiated, chosen_index, clusters_record, domain_histogram, final_checkpoint
+from pnlm.model.projection import expert_vector, instantiate as instantiate_weights
 from pnlm.training.runs import Pretraining, TrainSummary
-from pnlm.spec import Projection
+from pnlm.model.spec import Projection
 
 # How pretraining batches are drawn: "mixed" (the SLM's batches, each row through its cluster's expert) or
 # "one-cluster" (every batch one cluster's: the ablation of docs/results/pn-ablation.md).

@@ -4,15 +4,15 @@ stopping, checkpoints, exact resume, metrics.
 What it is given decides the rest, as in mlx-lm's trainer: a train step (pnlm/training/step.py: a
 backend's model with its loss), the batches (pnlm/training/batches.py: which windows, and for
 distillation the teacher's soft targets with them), the writer (what is saved: a whole checkpoint,
-pnlm.checkpoint.ModelWriter, or LoRA adapters beside the base, pnlm.adapter_checkpoint.AdapterWriter),
-the identity --resume must find (pnlm/run_identity.py), and any extra validation metrics (a
+pnlm.checkpoints.checkpoint.ModelWriter, or LoRA adapters beside the base, pnlm.checkpoints.adapter_checkpoint.AdapterWriter),
+the identity --resume must find (pnlm/checkpoints/run_identity.py), and any extra validation metrics (a
 distillation's KL to its teacher).
 
     RUN/
       latest/        checkpoint with optimizer and trainer state: what --resume continues from
       best/          the weights with the lowest validation loss so far (when evaluating)
       metrics.jsonl  one JSON object per log step: step, loss, lr, tokens, tokens_per_s, elapsed_s
-                                      flops, device_hours, mfu (cost, pnlm/cost.py), and val_loss, val_ppl at evaluations
+                                      flops, device_hours, mfu (cost, pnlm/training/cost.py), and val_loss, val_ppl at evaluations
 
 The data order is a function of the step alone (pnlm/data/samplers.py), so resuming at step s feeds
 exactly the batches an uninterrupted run would have fed; a thread makes them a few steps ahead
@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 
-from pnlm.atomic import atomic_file, sweep
-from pnlm.cost import cost_record
+from pnlm.files.atomic import atomic_file, sweep
+from pnlm.training.cost import cost_record
 from pnlm.errors import PnlmError
-from pnlm.memory import peak_memory_record
-from pnlm.run_identity import check_same_run
-from pnlm.run_lock import lock_run, unlock_run
-from pnlm.schedule import learning_rate
-from pnlm.spec import OptimizerSpec
+from pnlm.training.memory import peak_memory_record
+from pnlm.checkpoints.run_identity import check_same_run
+from pnlm.files.run_lock import lock_run, unlock_run
+from pnlm.training.schedule import learning_rate
+from pnlm.model.spec import OptimizerSpec
 from pnlm.training.evaluation import evaluate
 from pnlm.training.prefetch import Prefetcher
 
@@ -103,7 +103,7 @@ def train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: str | Path, 
     """Train step_fn's model on batches.train(step) for config.steps steps; write RUN/latest, RUN/best and
     RUN/metrics.jsonl. batches: pnlm.training.batches.StoreBatches (or any object with its name,
     unrecorded_name, store, sampler, train(step)); identity: what the run was started with, which --resume
-    must find again; flops_per_token: the cost accounting's (pnlm/cost.py); extra_metrics(step_fn): extra
+    must find again; flops_per_token: the cost accounting's (pnlm/training/cost.py); extra_metrics(step_fn): extra
     validation figures logged at each evaluation."""
     config.validate()
     run_dir = Path(run_dir)

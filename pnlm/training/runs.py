@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from pnlm.backend_loader import make_train_step
-from pnlm.checkpoint import ModelWriter
-from pnlm.cost import train_flops_per_token
+from pnlm.checkpoints.checkpoint import ModelWriter
+from pnlm.training.cost import train_flops_per_token
 from pnlm.data.samplers import UniformSampler
 from pnlm.errors import PnlmError
-from pnlm.memory import check_fits, peak_memory_record, training_estimate
-from pnlm.outputs import RUN, check_output
-from pnlm.run_identity import run_identity
-from pnlm.run_lock import lock_run
-from pnlm.spec import ModelSpec
+from pnlm.training.memory import check_fits, peak_memory_record, training_estimate
+from pnlm.files.outputs import RUN, check_output
+from pnlm.checkpoints.run_identity import run_identity
+from pnlm.files.run_lock import lock_run
+from pnlm.model.spec import ModelSpec
 from pnlm.training.batches import StoreBatches
 from pnlm.training.loop import TrainConfig, train
-from pnlm.weights import init_weights
+from pnlm.checkpoints.weights import init_weights
 
 class TrainingProgress:
     """What a training function reports as it goes; this one reports nothing (subclass it)."""

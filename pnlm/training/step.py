@@ -1,7 +1,7 @@
 """The train-step contract both backends keep (backends/torch/train_step.py, backends/mlx/train_step.py:
 the same class, TrainStep, with only its framework's maths), and what they do alike: the precision they
 accept, and the batch arrays they are handed, checked and completed in numpy before either converts them.
-The loss a step minimizes is chosen when it is built: cross-entropy, or distillation's (pnlm/losses.py)."""
+The loss a step minimizes is chosen when it is built: cross-entropy, or distillation's (pnlm/model/losses.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class TrainStep(Protocol):
     is_main: bool  # the process that writes checkpoints and metrics (under data parallelism)
     rank: int  # this process's rank under data parallelism (0 alone)
     devices: int  # the number of processes (ranks) that train together
-    device_name: str  # what the cost accounting looks the peak FLOP/s up by (pnlm/cost.py)
+    device_name: str  # what the cost accounting looks the peak FLOP/s up by (pnlm/training/cost.py)
     peak_device_bytes: int | None  # the most device memory held since the step was built (None on a CPU)
 
     def stage(self, batch: Any, micro_batches: int = 1) -> Any:
@@ -43,7 +43,7 @@ class TrainStep(Protocol):
         (all by default). micro_batches > 1 accumulates the gradient over that many slices of the batch,
         for the same update with less memory. expert (projected networks): the cluster of every row, or
         one cluster per row (batch,). soft_targets: a teacher's (indices or None, log-probabilities), for a
-        step built with the distillation loss (pnlm/losses.py). Return the loss before the update (waiting
+        step built with the distillation loss (pnlm/model/losses.py). Return the loss before the update (waiting
         for it: the training loop calls stage and step instead)."""
 
     def nll(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None,

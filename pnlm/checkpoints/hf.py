@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
-from pnlm.checkpoint import Checkpoint, load_checkpoint, read_json, save_checkpoint
+from pnlm.files.atomic import atomic_dir
+from pnlm.checkpoints.checkpoint import Checkpoint, load_checkpoint, read_json, save_checkpoint
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.spec import ModelSpec
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
-from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
+from pnlm.checkpoints.weights import load_safetensors, read_safetensors_header, save_safetensors
 
 def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
     rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
@@ -51,7 +51,7 @@ def hf_config(spec: ModelSpec, bos_id: int, eos_id: int) -> dict[str, Any]:
 def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     """Write a Hugging Face Llama folder (config.json, model.safetensors, tokenizer files,
     generation_config.json) for a plain pnlm checkpoint, atomically."""
-    from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind
+    from pnlm.checkpoints.checkpoint import ADAPTER_FORMAT, checkpoint_kind
 
     checkpoint = Path(checkpoint)
     if checkpoint_kind(checkpoint) == ADAPTER_FORMAT:

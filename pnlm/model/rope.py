@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pnlm.spec import ModelSpec
+from pnlm.model.spec import ModelSpec
 
 
 def inverse_frequencies(spec: ModelSpec) -> np.ndarray:

@@ -2,10 +2,10 @@
 
     config.json            format "pnlm-adapter", the base model's spec, the adapter settings, and
                            the base checkpoint: its path and the sha256 of its model.safetensors
-    adapters.safetensors   lora_A and lora_B of every adapted layer (pnlm/lora.py)
+    adapters.safetensors   lora_A and lora_B of every adapted layer (pnlm/model/lora.py)
     tokenizer.model        the base's (or its tokenizer.json + tokenizer_config.json), so the folder names
                            its own tokenizer
-    manifest.json          sha256 of every file, written last (as in pnlm/checkpoint.py)
+    manifest.json          sha256 of every file, written last (as in pnlm/checkpoints/checkpoint.py)
 
 Loading one loads and verifies the base too, and refuses a base whose weights changed. `pnlm fuse`
 turns base + adapters into a plain checkpoint.
@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
-from pnlm.checkpoint import (ADAPTER_FILE, ADAPTER_FORMAT, CONFIG_FILE, VERSION, WEIGHTS_FILE, Checkpoint,
+from pnlm.files.atomic import atomic_dir
+from pnlm.checkpoints.checkpoint import (ADAPTER_FILE, ADAPTER_FORMAT, CONFIG_FILE, VERSION, WEIGHTS_FILE, Checkpoint,
                              check_optimizer_state, load_checkpoint, read_spec, read_training_state, save_checkpoint,
                              verified_tokenizer, verify_checkpoint, write_json, write_manifest, write_training_state)
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.lora import LoraSpec, check_adapters, fuse
+from pnlm.model.lora import LoraSpec, check_adapters, fuse
 from pnlm.tokenizer import file_sha256
-from pnlm.weights import load_safetensors, save_safetensors
+from pnlm.checkpoints.weights import load_safetensors, save_safetensors
 
 
 @dataclass
@@ -45,7 +45,7 @@ def save_adapter_checkpoint(path: str | Path, base_path: str | Path, base: Check
                             adapters: dict[str, np.ndarray], method: str = "slm",
                             optimizer_state: dict[str, np.ndarray] | None = None,
                             trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write an adapter folder atomically (see pnlm/checkpoint.py for the guarantees)."""
+    """Write an adapter folder atomically (see pnlm/checkpoints/checkpoint.py for the guarantees)."""
     path, base_path = Path(path), Path(base_path).resolve()
     check_adapters(adapters, base.spec, lora, str(path))
     with atomic_dir(path) as tmp:

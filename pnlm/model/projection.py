@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from pnlm.errors import PnlmError
-from pnlm.spec import ModelSpec, Projection
+from pnlm.model.spec import ModelSpec, Projection
 
 PROJECTED = ("gate_proj", "up_proj", "down_proj")
 EXPERT_EMBEDDING = "model.expert_embedding"
@@ -43,7 +43,7 @@ def projected_weight(coefficient: np.ndarray, basis: np.ndarray) -> np.ndarray:
 
 def expert_indices(expert, rows: int | None = None) -> np.ndarray:
     """Expert indices as given to a train step: one, or one per row of a batch of `rows`. An expert vector of
-    floats (p @ E) is a model of its own: instantiate it (pnlm.projection.instantiate) rather than route rows
+    floats (p @ E) is a model of its own: instantiate it (pnlm.model.projection.instantiate) rather than route rows
     to it."""
     indices = np.asarray(expert)
     if indices.dtype.kind not in "iu":

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from pnlm.errors import CheckpointError
-from pnlm.spec import ModelSpec
+from pnlm.model.spec import ModelSpec
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}  # the dtypes pnlm reads, and their bytes
@@ -28,9 +28,9 @@ QUANTIZED_ITEMSIZE = {**_ITEMSIZE, "U32": 4}  # and a quantized MLX model's pack
 
 def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of the model, by canonical name, with its shape. A projected network has, in place
-    of each MLP matrix's `.weight`, its `.basis` and `.mix`, and one `model.expert_embedding` (pnlm/projection.py)."""
+    of each MLP matrix's `.weight`, its `.basis` and `.mix`, and one `model.expert_embedding` (pnlm/model/projection.py)."""
     if spec.projection is not None:
-        from pnlm.projection import projected_matrices, projection_shapes
+        from pnlm.model.projection import projected_matrices, projection_shapes
 
         shared = {name: shape for name, shape in canonical_shapes(spec.plain()).items()
                   if name.removesuffix(".weight") not in projected_matrices(spec)}
@@ -75,7 +75,7 @@ def init_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         else:
             weights[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std(name)))
     if spec.projection is not None:
-        from pnlm.projection import init_projection, projected_matrices
+        from pnlm.model.projection import init_projection, projected_matrices
 
         weights.update(init_projection(spec, rng, {prefix: std(prefix) for prefix in projected_matrices(spec)}))
     return weights

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pnlm.checkpoint import MANIFEST_FILE, read_json
+from pnlm.checkpoints.checkpoint import MANIFEST_FILE, read_json
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.hf import folder_tokenizer, read_hf_config, spec_from_hf, weight_files
-from pnlm.spec import ModelSpec
+from pnlm.checkpoints.hf import folder_tokenizer, read_hf_config, spec_from_hf, weight_files
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import Tokenizer
-from pnlm.weights import QUANTIZED_ITEMSIZE, read_safetensors_header
+from pnlm.checkpoints.weights import QUANTIZED_ITEMSIZE, read_safetensors_header
 
 BITS = (2, 3, 4, 5, 6, 8)
 

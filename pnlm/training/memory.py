@@ -17,7 +17,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from pnlm.errors import PnlmError
-from pnlm.spec import ModelSpec
+from pnlm.model.spec import ModelSpec
 
 FLOAT32 = 4
 GIB = 1 << 30
@@ -67,7 +67,7 @@ def training_estimate(spec: ModelSpec, rows: int, context: int, trainable: int |
 
 def init_estimate(spec: ModelSpec) -> MemoryEstimate:
     """`pnlm init`: the weights, built one tensor at a time in numpy (one tensor's temporary beside them)."""
-    from pnlm.weights import canonical_shapes
+    from pnlm.checkpoints.weights import canonical_shapes
 
     largest = max(math.prod(shape) for shape in canonical_shapes(spec).values())
     return MemoryEstimate(FLOAT32 * spec.params_pretrain(), FLOAT32 * largest, 0, 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pnlm.errors import PnlmError, SpecError
-from pnlm.spec import ModelSpec
+from pnlm.model.spec import ModelSpec
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")

@@ -1,7 +1,7 @@
 """Checkpoint folders: config.json, model.safetensors, the tokenizer (tokenizer.model, or tokenizer.json +
 tokenizer_config.json for an imported model), manifest.json.
 
-A save writes everything into a hidden temporary folder beside the target (pnlm.atomic),
+A save writes everything into a hidden temporary folder beside the target (pnlm.files.atomic),
 the manifest (sha256 of every file) last, and renames the folder into place: a save killed
 at any point leaves either the previous checkpoint or none, never a folder that loads.
 A load refuses a folder without a manifest, checks every file's hash, and validates the
@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.atomic import atomic_dir
+from pnlm.files.atomic import atomic_dir
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.json_object import read_json_object
-from pnlm.spec import ModelSpec
+from pnlm.files.json_object import read_json_object
+from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE_SETS, Tokenizer, file_sha256, load_tokenizer, tokenizer_file_names, tokenizer_sha256
-from pnlm.weights import check_shapes, load_safetensors, save_safetensors
+from pnlm.checkpoints.weights import check_shapes, load_safetensors, save_safetensors
 
 FORMAT = "pnlm-checkpoint"
 VERSION = 1

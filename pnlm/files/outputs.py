@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pnlm.atomic import is_temporary
+from pnlm.files.atomic import is_temporary
 from pnlm.errors import PnlmError
-from pnlm.json_object import read_json_object
-from pnlm.run_lock import is_lock_file, output_lock
+from pnlm.files.json_object import read_json_object
+from pnlm.files.run_lock import is_lock_file, output_lock
 
 CHECKPOINT = "checkpoint"
 ADAPTER = "LoRA adapter"
@@ -36,7 +36,7 @@ _MARKS = (
     (EXPERIMENT, "plan.json", None),
 )
 _RUN_ENTRIES = {"latest", "best", "metrics.jsonl", "mix.json", "teacher-cache"}
-# Hidden names pnlm leaves, beside a killed writer's temporaries (pnlm.atomic): locks (pnlm.run_lock); and Finder's litter.
+# Hidden names pnlm leaves, beside a killed writer's temporaries (pnlm.files.atomic): locks (pnlm.files.run_lock); and Finder's litter.
 _OWN_HIDDEN = {".DS_Store"}
 
 
@@ -136,7 +136,7 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
 
 @contextmanager
 def writing_output(out: str | Path, kind: str, replace: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[None]:
-    """One writer at a time on out (pnlm.run_lock), which check_output has found safe to write."""
+    """One writer at a time on out (pnlm.files.run_lock), which check_output has found safe to write."""
     with output_lock(out):
         check_output(out, kind, replace, inputs)
         yield

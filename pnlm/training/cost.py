@@ -10,8 +10,8 @@ reported (a CPU's peak depends on its clocks and vector units, nothing pnlm can 
 
 from __future__ import annotations
 
-from pnlm.lora import LoraSpec, trainable_parameters
-from pnlm.spec import ModelSpec
+from pnlm.model.lora import LoraSpec, trainable_parameters
+from pnlm.model.spec import ModelSpec
 
 # Dense peak FLOP/s by (device name fragment, precision); float32 on these GPUs runs on TF32 tensor cores.
 PEAK_FLOPS = {

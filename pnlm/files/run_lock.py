@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pnlm.atomic import process_alive
+from pnlm.files.atomic import process_alive
 from pnlm.errors import PnlmError
 
 LOCK_FILE = ".pnlm.lock"

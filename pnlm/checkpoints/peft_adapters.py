@@ -7,7 +7,7 @@ alpha / rank. Only the names and the configuration differ:
     PEFT     base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
 
 Export writes OUT/adapter_config.json and OUT/adapter_model.safetensors, with the base beside them in
-OUT/base (a Hugging Face Llama folder, pnlm/hf.py) that adapter_config.json names, so that
+OUT/base (a Hugging Face Llama folder, pnlm/checkpoints/hf.py) that adapter_config.json names, so that
 `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("OUT/base"), "OUT")` runs as is. Import
 reads a PEFT LoRA adapter of a Llama model back onto a pnlm base checkpoint of the same shape.
 """
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pnlm.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
-from pnlm.atomic import atomic_dir
-from pnlm.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint, read_json
+from pnlm.checkpoints.adapter_checkpoint import load_adapter_checkpoint, save_adapter_checkpoint
+from pnlm.files.atomic import atomic_dir
+from pnlm.checkpoints.checkpoint import ADAPTER_FORMAT, checkpoint_kind, load_checkpoint, read_json
 from pnlm.errors import CheckpointError, PnlmError
-from pnlm.hf import write_hf_folder
-from pnlm.lora import LAYER_MODULES, LoraSpec, check_adapters
-from pnlm.weights import load_safetensors, read_safetensors_header, save_safetensors
+from pnlm.checkpoints.hf import write_hf_folder
+from pnlm.model.lora import LAYER_MODULES, LoraSpec, check_adapters
+from pnlm.checkpoints.weights import load_safetensors, read_safetensors_header, save_safetensors
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"

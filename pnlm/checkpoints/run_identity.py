@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pnlm.checkpoint import TRAINER_FILE, read_trainer_state
+from pnlm.checkpoints.checkpoint import TRAINER_FILE, read_trainer_state
 from pnlm.errors import PnlmError
-from pnlm.json_object import read_json_object
+from pnlm.files.json_object import read_json_object
 
 _MAX_JSON_BYTES = 1 << 20
 _LABELS = {"method": "method", "tokenizer_sha256": "tokenizer", "store_sha256": "token store (its data)",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pnlm.errors import SpecError
-from pnlm.toml_file import read_toml
+from pnlm.files.toml_file import read_toml
 
 # Bounds that make a hostile or mistyped config fail before anything is allocated.
 MAX_VOCAB = 1 << 21
@@ -50,7 +50,7 @@ class Projection:
 class RopeScaling:
     """Llama 3's RoPE frequency scaling (rope_type "llama3"): wavelengths longer than
     original_context / low_freq_factor are stretched by factor, shorter than original_context /
-    high_freq_factor kept, and those between interpolated (pnlm/rope.py)."""
+    high_freq_factor kept, and those between interpolated (pnlm/model/rope.py)."""
 
     factor: float
     low_freq_factor: float

@@ -18,7 +18,7 @@ from pnlm.clustering.histogram import histogram_report
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
 from pnlm.training.loop import BEST, LATEST
-from pnlm.spec import MAX_EXPERTS, ModelSpec
+from pnlm.model.spec import MAX_EXPERTS, ModelSpec
 from pnlm.tokenizer import Tokenizer
 
 
