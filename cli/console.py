@@ -109,30 +109,57 @@ class StepProgress:
         self.progress.update(self.task, completed=step, status=status)
 
 
+LOG_EVERY_S = 30.0  # a plain progress line at most this often (and at the end of each phase)
+
+
+def window_line(description: str, done: int, total: int, rate: float, eta: float | None) -> str:
+    """One plain progress line of a phase that counts windows (for logs, where no bar is drawn)."""
+    parts = [f"{description}: {done:,}/{total:,} windows ({100 * done / max(total, 1):.0f}%)"]
+    if rate > 0:
+        parts.append(f"{rate:,.0f} windows/s")
+    if eta is not None:
+        parts.append(f"eta {_duration(eta)}")
+    return "  ".join(parts)
+
+
 @contextmanager
 def window_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A progress callback (description, done, total), as pnlm.clustering takes: one bar per phase, with windows/s.
+    """A progress callback (description, done, total), as pnlm.clustering takes: one bar per phase, with
+    windows/s and the time left; where stderr is no terminal, a plain line every LOG_EVERY_S seconds.
 
-    The display starts with the first report, so an early error prints nothing but its own line.
-    """
+    A phase's first report gives the windows done before this run (a resumed embedding): its rate and
+    time left count this run's windows only. The display starts with the first report, so an early error
+    prints nothing but its own line."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn())
-    bar = Progress(*columns, console=console, disable=not console.is_terminal)
-    tasks: dict[str, tuple[Any, float]] = {}
+               TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn())
+    plain = not console.is_terminal
+    bar = Progress(*columns, console=console, disable=plain)
+    phases: dict[str, list[Any]] = {}  # description -> [task, start time, done at start, last line's time]
 
     def update(description: str, done: int, total: int) -> None:
-        if not tasks:
+        now = time.perf_counter()
+        if not phases and not plain:
             bar.start()
-        if description not in tasks:
-            tasks[description] = (bar.add_task(description, total=total, rate=""), time.perf_counter())
-        task, start = tasks[description]
-        elapsed = time.perf_counter() - start
-        bar.update(task, completed=done, rate=f"{done / elapsed:,.0f} windows/s" if elapsed > 0 and done else "")
+        if description not in phases:
+            task = None if plain else bar.add_task(description, total=total, completed=done, rate="")
+            phases[description] = [task, now, done, now]
+            return
+        task, start, first, last = phases[description]
+        elapsed = now - start
+        rate = (done - first) / elapsed if elapsed > 0 and done > first else 0.0
+        eta = (total - done) / rate if rate > 0 else None
+        if plain:
+            if now - last >= LOG_EVERY_S or done >= total:
+                phases[description][3] = now
+                write_line(window_line(description, done, total, rate, eta))
+            return
+        bar.update(task, completed=done, rate=f"{rate:,.0f} windows/s" if rate else "")
 
     try:
         yield update
     finally:
-        if tasks:
+        if phases and not plain:
             bar.stop()
 
 

@@ -40,6 +40,14 @@ def resolve_backend(backend: str, mlx_only: bool = False) -> str:
                        f"(pip install 'pnlm[torch]' or 'pnlm[mlx]')"[:500])
 
 
+def require_backend(backend: str) -> None:
+    """Refuse, with one line, a backend this machine cannot run (cuda without an NVIDIA GPU, an uninstalled
+    framework) before anything is read or written."""
+    from pnlm.backends import require_backend as require
+
+    require(backend)
+
+
 def make_train_step(backend: str, spec: Any, weights: Any, optimizer: Any, **options: Any) -> Any:
     """A backend's model loaded with canonical weights, and its train step (pnlm.backends.make_train_step)."""
     from pnlm.backends import make_train_step as make
@@ -83,28 +91,32 @@ def native_bfloat16() -> bool:
         return False
 
 
+def default_embedding_precision(backend: str) -> str:
+    """What windows are embedded in by default: bfloat16 on a GPU (CUDA, Apple silicon's through MLX) and on
+    a CPU that computes it natively, float32 elsewhere (MLX on a CPU among them)."""
+    import platform
+    import sys
+
+    if backend == "cuda":
+        return "bfloat16"
+    if backend == "mlx":
+        return "bfloat16" if sys.platform == "darwin" and platform.machine() == "arm64" else "float32"
+    return "bfloat16" if native_bfloat16() else "float32"
+
+
 @lru_cache(maxsize=2)
-def load_sentence_embedder(path: str, precision: str) -> Any:
-    """A sentence-transformers model (the clusters' embedder) on the CPU, offline, in float32 or bfloat16."""
-    # Set before sentence-transformers (and with it huggingface_hub) is imported: never reach the network.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        raise BackendError("embedding windows needs sentence-transformers (pip install 'pnlm[data]')") from None
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        import torch
+def load_sentence_encoder(backend: str, folder: str, precision: str) -> Any:
+    """The embedder's model on a backend (torch: CPU; cuda: this rank's GPU; mlx): a SentenceEncoder of
+    pnlm.backends, with .dim, .max_seq_length, .pad_id, .batch_size(requested) and .encode(batches)."""
+    from pnlm.backends import load_sentence_encoder as load
 
-        from pnlm.cpu_threads import cpu_threads
+    return load(backend, folder, precision)
 
-        threads = cpu_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        return SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": dtype})
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise InputError(f"{path}: cannot load the sentence-transformers model: {str(exc).splitlines()[0]}") from None
+
+def torchrun_group() -> Any:
+    """The ranks of this torchrun job as a pnlm.clustering.ranks.Ranks (over gloo)."""
+    try:
+        from pnlm.backends.torch.distributed import TorchrunGroup
+    except ImportError as exc:
+        raise BackendError(f"a torchrun job needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
+    return TorchrunGroup.current()

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from pnlm.errors import PnlmError
 
 BARRIER_S = 60.0  # how long a finishing rank waits for the others at exit
+# How long a rank waits for the others at a step they all take (embedding's end, k-means on rank 0): long
+# enough for rank 0's k-means at the paper's scale; a rank that dies breaks the wait at once.
+GROUP_TIMEOUT = timedelta(hours=12)
 
 
 def launched_by_torchrun() -> bool:
@@ -138,3 +145,56 @@ def scatter_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optim
     groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": [names[p] for p in group["params"]]}
               for group in optimizer.param_groups]
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_full_options())
+
+
+class RankStopped(PnlmError):
+    """This rank was stopped because another rank of its torchrun job failed."""
+
+
+class TorchrunGroup:
+    """pnlm.clustering.ranks.Ranks for the ranks of a torchrun job, over gloo (small messages: decisions,
+    chunk lists, labels), whatever device the ranks compute on. A peer that dies, or torchrun's SIGTERM
+    once one has, stops this rank with one line; what it has finished is kept."""
+
+    _current: "TorchrunGroup | None" = None
+
+    @classmethod
+    def current(cls) -> "TorchrunGroup":
+        if cls._current is None:
+            cls._current = cls()
+        return cls._current
+
+    def __init__(self) -> None:
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=GROUP_TIMEOUT)
+            atexit.register(_close_process_group)
+            self._group = None
+        else:  # a group already started (nccl for training): a gloo one beside it for objects
+            self._group = dist.new_group(backend="gloo", timeout=GROUP_TIMEOUT)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        signal.signal(signal.SIGTERM, self._stopped_by_torchrun)
+
+    def _stopped_by_torchrun(self, signum: int, frame: Any) -> None:
+        raise RankStopped(f"rank {self.rank}: stopped by torchrun, another rank of the job failed (its error is "
+                          "above); what was finished is kept: run the same command again to continue")
+
+    def _collective(self, call, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, group=self._group, **kwargs)
+        except (RuntimeError, dist.DistError) as exc:
+            raise RankStopped(f"rank {self.rank}: another rank of this torchrun job stopped "
+                              f"({str(exc).splitlines()[0][:200]}); what was finished is kept: run the same "
+                              "command again to continue") from None
+
+    def barrier(self) -> None:
+        self._collective(dist.barrier)
+
+    def broadcast(self, value: Any) -> Any:
+        box = [value if self.rank == 0 else None]
+        self._collective(dist.broadcast_object_list, box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        out = [None] * self.world if self.rank == 0 else None
+        self._collective(dist.gather_object, value, out, dst=0)
+        return out if out is not None else []

