@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --json .bench/train_step.json
 	$(BIN)/python bench/train_throughput.py --json .bench/train_throughput.json
 	$(BIN)/python bench/pn_throughput.py --json .bench/pn_throughput.json
+	$(BIN)/python bench/kmeans_scale.py --json .bench/kmeans_scale.json
 	PNLM_LONG=1 $(BIN)/python -m pytest -q -m long
 
 # On a machine with an NVIDIA GPU: the CUDA check of docs/cuda.md (under 10 minutes), figures in gpu_check.json.

@@ -53,6 +53,15 @@ def require_backend(backend: str) -> None:
         raise BackendError(f"unknown backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
 
 
+def torchrun_group():
+    """This torchrun job's ranks as pnlm.clustering.ranks.Ranks (backends/torch/distributed.py, over gloo)."""
+    try:
+        from pnlm.backends.torch.distributed import TorchrunGroup
+    except ImportError as exc:
+        raise BackendError(f"a torchrun job needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
+    return TorchrunGroup.current()
+
+
 def load_sentence_encoder(backend: str, folder: str, precision: str):
     """The clusters' embedder on a backend: torch (CPU), cuda (this rank's GPU) or mlx (Apple silicon's GPU,
     the CPU elsewhere); the same class, SentenceEncoder, in backends/torch/embedder.py and backends/mlx/embedder.py."""

@@ -1,6 +1,6 @@
 """One GPU check, under 10 minutes on one GPU (bench/gpu_check.sh runs it): the CUDA tests, tokens/s and MFU
 of slm-126m and pn-126m in bfloat16 (eager and compiled), torch CUDA against torch CPU logits on the same
-weights, and a 2-process torchrun on the one GPU. Writes one JSON file of figures; without a GPU it refuses
+weights, a 2-process torchrun on the one GPU, and windows/s of the clusters' embedding on the GPU. Writes one JSON file of figures; without a GPU it refuses
 in one line (exit 2) and writes nothing.
 
     bash bench/gpu_check.sh [OUT.json]      (default: gpu_check.json)
@@ -99,14 +99,16 @@ def cuda_against_cpu() -> dict:
             "logit_scale": scale, "within_1e-3": difference < 1e-3}
 
 
-def run(command: list[str], timeout: float, **kwargs) -> dict:
+def run(command: list[str], timeout: float, keep_stdout: bool = False, **kwargs) -> dict:
     started = time.perf_counter()
+    stdout = ""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs)
-        code, tail = done.returncode, (done.stdout + done.stderr).strip().splitlines()[-15:]
+        code, tail, stdout = done.returncode, (done.stdout + done.stderr).strip().splitlines()[-15:], done.stdout
     except subprocess.TimeoutExpired as exc:
         code, tail = "timeout", str(exc).splitlines()[-3:]
-    return {"command": " ".join(command), "exit": code, "seconds": round(time.perf_counter() - started, 1), "tail": tail}
+    result = {"command": " ".join(command), "exit": code, "seconds": round(time.perf_counter() - started, 1), "tail": tail}
+    return {**result, "stdout": stdout} if keep_stdout else result
 
 
 def torchrun_on_one_gpu(work: Path, backend: str = "cuda") -> dict:
@@ -137,6 +139,55 @@ def torchrun_on_one_gpu(work: Path, backend: str = "cuda") -> dict:
     # bfloat16 compute, another summation order: agreement to bfloat16's rounding, not float32's.
     result["ok"] = one["exit"] == 0 and two.get("exit") == 0 and result["max_loss_difference"] is not None \
         and result["max_loss_difference"] < LOSS_TOLERANCE
+    return result
+
+
+def embedding_check(work: Path, backend: str = "cuda", repeats: int = 120, compare: int = 256) -> dict:
+    """Windows of 1,024 tokens embedded per second by `pnlm data cluster --backend cuda` (all-MiniLM-L6-v2,
+    bfloat16, windows decoded ahead in worker processes) on the sample books repeated into ~50,000 windows;
+    the first `compare` windows against the CPU's float32 embedding: the smallest cosine, and how many of
+    them the run's centroids label alike."""
+    import gzip
+
+    import numpy as np
+
+    import pnlm
+    from pnlm.backend_loader import load_sentence_encoder
+    from pnlm.clustering import load_clusters, nearest_centroid
+    from pnlm.clustering.embed import _embed_chunks
+    from pnlm.clustering.embedder import resolve_embedder
+    from pnlm.clustering.window_features import WindowFeatures
+    from pnlm.data import iter_documents
+
+    sample = sorted((ROOT / "pnlm" / "sample_data").glob("*.jsonl.gz"))
+    documents = list(iter_documents(sample))
+    with gzip.open(work / "books.jsonl.gz", "wt") as f:
+        for copy in range(repeats):
+            for text in documents:
+                f.write(json.dumps({"text": text}) + "\n")
+    pnlm.train_tokenizer(sample, 2048, work / "embed-tok")
+    pnlm.prepare([work / "books.jsonl.gz"], work / "embed-tok", 1024, work / "books", valid_fraction=0, test_fraction=0)
+    done = run([sys.executable, "-m", "pnlm.cli", "data", "cluster", str(work / "books"), "--k", "16", "--backend",
+                backend, "--json", "--out", str(work / "books-clusters")], 540, keep_stdout=True)
+    report = json.loads(done.pop("stdout")) if done["exit"] == 0 else {}
+    result = {"command": done, "backend": backend, "windows": report.get("embedded_windows"),
+              "embed_seconds": report.get("embed_seconds"), "device": report.get("device")}
+    if not report:
+        return result
+    result["windows_per_s"] = round(report["embedded_windows"] / report["embed_seconds"])
+    clusters = load_clusters(work / "books-clusters")
+    embedder = resolve_embedder(None, report["embedder"]["precision"], backend)
+    cached = np.load(work / "books" / "embeddings" / embedder.id / "train.npy", mmap_mode="r")[:compare]
+    encoder = load_sentence_encoder("torch", str(embedder.path), "float32")
+    store = pnlm.data.store.TokenStore(work / "books")
+    features = WindowFeatures(str(store.path), str(store.path / store.tokenizer_files[0]), str(embedder.path),
+                              encoder.max_seq_length)
+    reference = next(_embed_chunks(iter([(0, features("train", 0, compare))]), encoder, 64, encoder.dim))[1]
+    a, b = np.asarray(cached, np.float32), np.asarray(reference, np.float32)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    same = nearest_centroid(a, clusters.centroids) == nearest_centroid(b, clusters.centroids)
+    result.update(min_cosine_vs_cpu_float32=round(float(cosine.min()), 5), label_agreement=round(float(same.mean()), 4),
+                  ok=bool(cosine.min() >= 0.995 and same.mean() >= 0.99))
     return result
 
 
@@ -175,6 +226,8 @@ def main() -> int:
     section("cuda_vs_cpu", cuda_against_cpu)
     with tempfile.TemporaryDirectory() as work:
         section("torchrun_2_processes_1_gpu", lambda: torchrun_on_one_gpu(Path(work)))
+    with tempfile.TemporaryDirectory() as work:
+        section("embedding", lambda: embedding_check(Path(work)))
     figures["seconds"] = round(time.perf_counter() - began)
     partial = out.with_name(out.name + ".partial")
     partial.write_text(json.dumps(figures, indent=2) + "\n")
@@ -184,7 +237,8 @@ def main() -> int:
         ("tests", figures["tests"].get("exit") == 0),
         ("throughput", all("error" not in row for row in figures["throughput"])),
         ("cuda_vs_cpu", figures["cuda_vs_cpu"].get("within_1e-3") is True),
-        ("torchrun_2_processes_1_gpu", figures["torchrun_2_processes_1_gpu"].get("ok") is True)) if not ok]
+        ("torchrun_2_processes_1_gpu", figures["torchrun_2_processes_1_gpu"].get("ok") is True),
+        ("embedding", figures["embedding"].get("ok") is True)) if not ok]
     print(f"gpu_check: figures in {out}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 

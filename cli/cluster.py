@@ -66,7 +66,8 @@ def cluster(
     overwrite: bool = OVERWRITE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """Embed STORE's windows (cached in STORE/embeddings), k-means its train split, write CLUSTERS, label STORE."""
+    """Embed STORE's windows (cached in STORE/embeddings; a killed run continues where it stopped), k-means its
+    train split, write CLUSTERS, label STORE. Under torchrun each rank embeds and labels its share."""
     with window_progress() as progress:
         result = pnlm.cluster(store, k, out, tokenizer=tokenizer, embedder=embedder, seed=seed, batch_size=batch_size,
                               precision=precision, backend=backend, workers=workers, overwrite=overwrite,

@@ -115,8 +115,6 @@ def load_sentence_encoder(backend: str, folder: str, precision: str) -> Any:
 
 def torchrun_group() -> Any:
     """The ranks of this torchrun job as a pnlm.clustering.ranks.Ranks (over gloo)."""
-    try:
-        from pnlm.backends.torch.distributed import TorchrunGroup
-    except ImportError as exc:
-        raise BackendError(f"a torchrun job needs PyTorch: pip install 'pnlm[torch]' ({exc})") from None
-    return TorchrunGroup.current()
+    from pnlm.backends import torchrun_group as group
+
+    return group()

@@ -25,6 +25,7 @@ from pnlm.clustering import (
     window_texts,
 )
 from pnlm.clustering import embed as cluster_embed
+from pnlm.clustering.embedder import default_embedder_path
 from pnlm.data import iter_documents
 from pnlm.data.prepare import prepare_store
 from pnlm.data.store import TokenStore
@@ -149,7 +150,7 @@ def test_a_new_k_reuses_the_embedding_cache(fitted, generic, tokenizer, tmp_path
     def no_embedding(*args, **kwargs):
         raise AssertionError("re-embedded windows that were in the cache")
 
-    monkeypatch.setattr(cluster_embed, "_encode", no_embedding)
+    monkeypatch.setattr(cluster_embed, "load_sentence_encoder", no_embedding)
     result = fit_clusters(store_copy, tokenizer, 3, tmp_path / "clusters3", max_fit_windows=50)
     assert result.cached_splits == generic.splits and result.clusters.k == 3
     assert result.clusters.info["kmeans"]["fit_windows"] == 50  # k-means on a sample, labels for all
@@ -253,7 +254,7 @@ def test_bad_assign_inputs(fitted, generic, domain, tokenizer, other_tokenizer, 
 
 def test_the_embedder_is_known_by_its_files(fitted, tmp_path):
     clusters = load_clusters(fitted.clusters.path)
-    copy = shutil.copytree(cluster_embed.default_embedder_path(), tmp_path / "minilm-copy")
+    copy = shutil.copytree(default_embedder_path(), tmp_path / "minilm-copy")
     assert clusters.embedder(copy).id == clusters.info["embedder"]["id"]  # so the cache is shared
     other = tmp_path / "other-model"
     other.mkdir()
@@ -317,7 +318,7 @@ def test_cluster_killed_midway_leaves_no_clusters_and_a_rerun_completes(tokenize
     child = subprocess.Popen([sys.executable, "-m", "pnlm.cli", *map(str, args)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not list((store.path / "embeddings").rglob(".train.npy.tmp-*")) and time.monotonic() < deadline:
+    while not list((store.path / "embeddings").rglob("train.partial.chunks/*")) and time.monotonic() < deadline:
         assert child.poll() is None, "cluster ended before it could be killed"
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
@@ -328,4 +329,5 @@ def test_cluster_killed_midway_leaves_no_clusters_and_a_rerun_completes(tokenize
     assert result.returncode == 0, result.stderr
     assert TokenStore(store.path).cluster_ids("train").shape == (store.num_windows("train"),)
     assert load_clusters(tmp_path / "clusters").k == 2
-    assert not list((store.path / "embeddings").rglob(".*.tmp-*")), "the killed run's partial cache was not removed"
+    assert not list((store.path / "embeddings").rglob(".*.tmp-*"))
+    assert not list((store.path / "embeddings").rglob("*partial*")), "the killed run's partial embedding was left"

@@ -48,6 +48,16 @@ def books(tmp_path_factory, tokenizer):
     return store
 
 
+@pytest.fixture(scope="module")
+def hamlet(tmp_path_factory, tokenizer):
+    """Hamlet in windows of 32 tokens, every one in the train split: over 2,000 of them."""
+    store, _ = prepare_store(iter_documents([p for p in SAMPLE_DATA if "hamlet" in p]), tokenizer,
+                             tmp_path_factory.mktemp("hamlet") / "hamlet", context=32, valid_fraction=0,
+                             test_fraction=0, workers=1)
+    assert store.num_windows("train") >= 2000
+    return store
+
+
 def cache_files(store: Path) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted((store / "embeddings").rglob("*.npy"))}
 
@@ -75,9 +85,13 @@ def embeddings_of(store, tokenizer, backend, precision, embedder=None):
     path = str(embedder or minilm_path())
     encoder = load_sentence_encoder(backend, path, precision)
     features = WindowFeatures(str(store.path), str(tokenizer.path), path, encoder.max_seq_length)
-    ids = features("train", 0, 48)
+    ids = features("train", 0, 16)
     rows = list(cluster_embed._embed_chunks(iter([(0, ids)]), encoder, 16, encoder.dim))
-    return rows[0][1].astype(np.float32)
+    return rows[0][1].astype(np.float32)  # as cached: float16
+
+
+def cosines(a, b):
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_the_embedders_tokenizer_gives_sentence_transformers_ids(minilm_windows, tokenizer):
@@ -92,20 +106,20 @@ def test_the_embedders_tokenizer_gives_sentence_transformers_ids(minilm_windows,
 
 
 @pytest.mark.parametrize("backend, precision, cosine", [
-    ("mlx", "float32", 0.99999), ("torch", "bfloat16", 0.995), ("mlx", "bfloat16", 0.995)])
+    ("mlx", "float32", 0.9999), ("torch", "bfloat16", 0.995), ("mlx", "bfloat16", 0.995)])
 def test_every_backend_embeds_within_a_cosine_of_the_cpus_float32(minilm_windows, tokenizer, backend, precision,
                                                                   cosine):
     reference = embeddings_of(minilm_windows, tokenizer, "torch", "float32")
     other = embeddings_of(minilm_windows, tokenizer, backend, precision)
     assert np.allclose(np.linalg.norm(reference, axis=1), 1, atol=2e-3)
-    assert (reference * other).sum(axis=1).min() >= cosine
+    assert cosines(reference, other).min() >= cosine  # float32 alike to the float16 the cache holds
 
 
 def test_the_mlx_encoder_runs_a_folder_built_here_as_sentence_transformers_does(minilm_windows, tokenizer,
                                                                                tiny_embedder):
     reference = embeddings_of(minilm_windows, tokenizer, "torch", "float32", tiny_embedder)
     other = embeddings_of(minilm_windows, tokenizer, "mlx", "float32", tiny_embedder)
-    assert (reference * other).sum(axis=1).min() >= 0.99999
+    assert cosines(reference, other).min() >= 0.9999
 
 
 # --- torchrun ranks write one process's files --------------------------------------------------------
@@ -128,12 +142,16 @@ def test_two_ranks_write_the_files_one_process_writes(books, tiny_embedder, tmp_
     assert report["embedded_windows"] == windows and len(report["embedded_by_rank"]) == 2
     assert all(0.4 * windows <= n <= 0.6 * windows for n in report["embedded_by_rank"]), report["embedded_by_rank"]
     assert json.loads(one.stdout)["embedded_by_rank"] == [windows]
+    # stderr is no terminal here: plain progress lines, with the rate and the time left
+    progress = [line for line in one.stderr.splitlines() if line.startswith("embedding train: ")]
+    assert progress and progress[-1].startswith(f"embedding train: {books.num_windows('train'):,}/")
+    assert "windows/s" in progress[-1] and "eta" in progress[-1]
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this python")
-def test_a_rank_that_dies_stops_the_other_with_one_line_and_a_rerun_finishes(books, tiny_embedder, tmp_path):
-    store = tmp_path / "books"
-    shutil.copytree(books.path, store, ignore=shutil.ignore_patterns("embeddings", "*.clusters.npy", "clusters.json"))
+def test_a_rank_that_dies_stops_the_other_with_one_line_and_a_rerun_finishes(hamlet, tiny_embedder, tmp_path):
+    store = tmp_path / "hamlet"
+    shutil.copytree(hamlet.path, store, ignore=shutil.ignore_patterns("embeddings", "*.clusters.npy", "clusters.json"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [TORCHRUN, "--standalone", "--nproc_per_node", 2, "-m", "pnlm.cli", "data", "cluster", store, "--k", 8,
             "--embedder", tiny_embedder, "--backend", "torch", "--batch-size", 2, "--out", tmp_path / "clusters"]
@@ -160,7 +178,7 @@ def test_a_rank_that_dies_stops_the_other_with_one_line_and_a_rerun_finishes(boo
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["resumed_windows"]["train"] > 0
     assert not list((store / "embeddings").rglob("*partial*"))
-    assert TokenStore(store).cluster_ids("train").shape == (books.num_windows("train"),)
+    assert TokenStore(store).cluster_ids("train").shape == (hamlet.num_windows("train"),)
 
 
 # --- a killed embedding continues ----------------------------------------------------------------------
@@ -171,9 +189,9 @@ def journal_chunks(store: Path) -> int:
 
 @pytest.mark.parametrize("at", [0.55, pytest.param(0.75, marks=pytest.mark.long),
                                 pytest.param(0.95, marks=pytest.mark.long)])
-def test_an_embedding_killed_past_half_continues_and_ends_with_the_same_file(books, tiny_embedder, tmp_path, at):
-    store = tmp_path / "books"
-    shutil.copytree(books.path, store, ignore=shutil.ignore_patterns("embeddings", "*.clusters.npy", "clusters.json"))
+def test_an_embedding_killed_past_half_continues_and_ends_with_the_same_file(hamlet, tiny_embedder, tmp_path, at):
+    store = tmp_path / "hamlet"
+    shutil.copytree(hamlet.path, store, ignore=shutil.ignore_patterns("embeddings", "*.clusters.npy", "clusters.json"))
     windows = TokenStore(store).num_windows("train")
     assert windows >= 2000
     chunks = -(-windows // chunk_windows(windows))
@@ -241,9 +259,7 @@ def test_kmeans_recovers_planted_clusters(library, monkeypatch):
 
 
 def test_labels_of_a_share_of_chunks_are_those_of_the_whole(monkeypatch):
-    from pnlm.clustering import kmeans as kmeans_module
-
-    monkeypatch.setattr(kmeans_module, "LABEL_CHUNK", 100)
+    monkeypatch.setattr(sys.modules["pnlm.clustering.kmeans"], "LABEL_CHUNK", 100)
     x, _ = planted(k=8, per=130)
     centroids = x[::130].copy()
     whole = nearest_centroid(x, centroids)

@@ -81,7 +81,7 @@ def _hf_name(name: str) -> str | None:
     name = name.removeprefix("bert.")
     if name.startswith(("pooler.", "embeddings.position_ids")):
         return None
-    name = name.replace("embeddings.LayerNorm.", "embeddings_norm.").replace("embeddings.", "")
+    name = name.replace("embeddings.LayerNorm.", "embeddings_norm.").removeprefix("embeddings.")
     name = name.replace("encoder.layer.", "layers.")
     for old, new in ((".attention.self.", ".attention."), (".attention.output.dense.", ".attention.dense."),
                      (".attention.output.LayerNorm.", ".attention_norm."), (".intermediate.dense.", ".intermediate."),

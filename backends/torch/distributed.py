@@ -165,7 +165,8 @@ class TorchrunGroup:
         return cls._current
 
     def __init__(self) -> None:
-        if not dist.is_initialized():
+        self._owns_world = not dist.is_initialized()
+        if self._owns_world:
             dist.init_process_group("gloo", timeout=GROUP_TIMEOUT)
             atexit.register(_close_process_group)
             self._group = None
@@ -188,6 +189,17 @@ class TorchrunGroup:
 
     def barrier(self) -> None:
         self._collective(dist.barrier)
+
+    def close(self) -> None:
+        """Once every rank is done: the group torn down while the interpreter is whole (gloo's threads left to
+        the interpreter's exit can abort a rank that has finished its work)."""
+        self.barrier()
+        if self._owns_world and dist.is_initialized():
+            dist.destroy_process_group()
+        elif self._group is not None:
+            dist.destroy_process_group(self._group)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        TorchrunGroup._current = None
 
     def broadcast(self, value: Any) -> Any:
         box = [value if self.rank == 0 else None]

@@ -71,12 +71,13 @@ class SentenceEncoder:
         return int(min(GPU_BATCH[1], max(GPU_BATCH[0], free // 4 // per_window)))
 
     def _features(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
-        gpu = self.device.type == "cuda"
-        tensors = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        tensors = {"input_ids": torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+                   "attention_mask": torch.from_numpy(np.asarray(mask, dtype=np.int64))}
         if self.token_types:
             tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
-        return {name: (t.pin_memory().to(self.device, non_blocking=True) if gpu else t).long()
-                for name, t in tensors.items()}
+        if self.device.type == "cuda":  # from pinned pages, without waiting: the copy overlaps the last batch
+            tensors = {name: t.pin_memory().to(self.device, non_blocking=True) for name, t in tensors.items()}
+        return tensors
 
     def encode(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
         """Normalized float32 embeddings (rows, dim) of each (ids, attention mask) batch, in order."""

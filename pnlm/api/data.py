@@ -160,9 +160,11 @@ def cluster(store: PathLike, k: int, out: PathLike, *, tokenizer: PathLike | Non
     group = process_group()
     with rank_zero_guards(group, lambda: writing_output(out, CLUSTERS, overwrite, [store, tokenizer, embedder]),
                           lambda: output_lock(store)):  # the labels are written into the store
-        return fit_clusters(store, tokenizer, k, out, embedder=embedder, seed=seed, batch_size=batch_size,
-                            precision=precision, on_progress=on_progress, backend=backend, workers=workers,
-                            group=group)
+        result = fit_clusters(store, tokenizer, k, out, embedder=embedder, seed=seed, batch_size=batch_size,
+                              precision=precision, on_progress=on_progress, backend=backend, workers=workers,
+                              group=group)
+    group.close()
+    return result
 
 
 @dataclass
@@ -194,4 +196,5 @@ def assign(store: PathLike, clusters: PathLike, *, split: str = "test", all_spli
         report = assign_clusters(store, tokenizer, clusters, split=split, embedder=embedder, batch_size=batch_size,
                                  on_progress=on_progress, all_splits=all_splits, backend=backend, workers=workers,
                                  group=group)
+    group.close()
     return Histogram(**report)

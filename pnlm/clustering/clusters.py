@@ -173,7 +173,7 @@ def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Pa
     copy the store keeps. Under torchrun (group) every rank calls it: each embeds and labels its share,
     rank 0 fits k-means and writes the files, which are the ones a single process writes."""
     group = group or SingleProcess()
-    store, out = as_store(store), Path(out)
+    store, out = as_store(store, verify=group.rank == 0), Path(out)
     tokenizer = store.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
     train_windows = store.num_windows("train")
@@ -236,7 +236,7 @@ def assign_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str |
     """
     group = group or SingleProcess()
     clusters = load_clusters(clusters_dir)
-    store = as_store(store)
+    store = as_store(store, verify=group.rank == 0)
     tokenizer = clusters.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
     if not store.num_windows(split):

@@ -61,8 +61,9 @@ class EmbeddingRun:
                 "embed_seconds": round(self.seconds, 3)}
 
 
-def as_store(store: TokenStore | str | Path) -> TokenStore:
-    return store if isinstance(store, TokenStore) else TokenStore(store)
+def as_store(store: TokenStore | str | Path, verify: bool = True) -> TokenStore:
+    """A store, every file checked against its sha256 (verify: by rank 0 alone in a torchrun job)."""
+    return store if isinstance(store, TokenStore) else TokenStore(store, verify=verify)
 
 
 def as_tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
@@ -117,6 +118,9 @@ def embed_store(store: TokenStore, tokenizer: Tokenizer, embedder: Embedder, bat
     embeddings = {split: cached_embeddings(store, split, embedder) for split in splits}
     run.cached_splits = [split for split, array in embeddings.items() if array is not None]
     todo = [split for split, array in embeddings.items() if array is None]
+    if group.rank == 0:
+        for split in run.cached_splits:  # a run killed between finishing a split and tidying its journals
+            SplitCache.discard_files(cache_dir(store, embedder), split)
     if not todo:
         return embeddings, run
     if batch_size is not None and batch_size < 1:

@@ -108,13 +108,18 @@ class SplitCache:
         return recorded == self.identity and header.shape == (self.windows, self.dim) and header.dtype == np.float16
 
     def discard(self) -> None:
-        """Remove what pnlm left of an unfinished embedding of this split (its own files, by name)."""
-        self.identity_file.unlink(missing_ok=True)
-        self.partial.unlink(missing_ok=True)
-        if self.journals.is_dir() and not self.journals.is_symlink():
-            shutil.rmtree(self.journals)
-        elif self.journals.exists():
-            self.journals.unlink()
+        self.discard_files(self.folder, self.split)
+
+    @staticmethod
+    def discard_files(folder: Path, split: str) -> None:
+        """Remove what pnlm left of an unfinished embedding of a split (its own files, by name)."""
+        (folder / f"{split}.partial.json").unlink(missing_ok=True)
+        (folder / f"{split}.partial.npy").unlink(missing_ok=True)
+        journals = folder / f"{split}.partial.chunks"
+        if journals.is_dir() and not journals.is_symlink():
+            shutil.rmtree(journals)
+        elif journals.exists() or journals.is_symlink():
+            journals.unlink()
 
     # --- which chunks are done ------------------------------------------------------------------------
 

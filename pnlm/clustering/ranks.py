@@ -26,6 +26,9 @@ class Ranks(Protocol):
     def gather(self, value: Any) -> list[Any]:
         """Every rank's value, in rank order, on rank 0 ([] on the others)."""
 
+    def close(self) -> None:
+        """Once every rank is done with the job's steps."""
+
 
 class SingleProcess:
     """The group of one process: nothing to wait for, nothing to send."""
@@ -40,6 +43,9 @@ class SingleProcess:
 
     def gather(self, value: Any) -> list[Any]:
         return [value]
+
+    def close(self) -> None:
+        pass
 
 
 def launched_by_torchrun() -> bool:
