@@ -1,14 +1,18 @@
 """Ablation: projected networks with one-cluster or mixed batches, random or shared-start experts, beside the SLM.
 
-    python bench/pn_ablation.py --data STORE --clusters CLUSTERS --out DIR [--workers 2]
+    python bench/pn_ablation.py --data STORE --clusters CLUSTERS --out DIR [--workers 2] [--model tiny]
                                 [--lrs 1e-3,2e-3,4e-3] [--seeds 0,1] [--budgets 400,1500]
                                 [--ablation-lr 2e-3] [--projection 4,8,4] [--backend torch]
+                                [--no-ablation] [--ceiling-ff D_FF]
 
 Every run is one `pnlm pretrain` command (printed, and kept in DIR/commands.txt), run with --resume so
 that a killed ablation continues where it stopped. The grid:
 - slm and pn (mixed batches, shared start: the defaults) at every lr, seed and budget;
 - the other three cells of {one-cluster, mixed} x {random, shared} at the first budget, --ablation-lr,
-  every seed.
+  every seed (not with --no-ablation);
+- with --ceiling-ff, the dense ceiling: an SLM whose MLP is that wide (the PN's extra MLP weights used
+  densely, at a higher inference cost), at --ablation-lr, every seed and budget.
+--model is the SLM (a preset); the PN is it with --projection.
 Then DIR/results.csv (validation perplexity at every evaluation of every run), DIR/summary.md (the
 tables of docs/results/pn-ablation.md) and DIR/curves.png. Runs go --workers at a time, each on one
 thread (OMP_NUM_THREADS=1), longest first.
@@ -27,8 +31,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+CEILING = "dense ceiling"
 ARMS = {  # name: (method, batches, expert_similarity)
     "slm": ("slm", None, None),
+    CEILING: ("slm", None, None),
     "pn mixed, shared": ("pn", "mixed", 0.9),
     "pn mixed, random": ("pn", "mixed", 0.0),
     "pn one-cluster, shared": ("pn", "one-cluster", 0.9),
@@ -40,16 +46,24 @@ def slug(text: str) -> str:
     return text.replace("pn ", "pn-").replace(", ", "-").replace(" ", "")
 
 
-def spec_file(out: Path, similarity: float) -> Path:
-    return out / f"pn-tiny-sim{similarity:g}.toml"
+def spec_file(out: Path, model: str, similarity: float) -> Path:
+    return out / f"pn-{model}-sim{similarity:g}.toml"
 
 
-def write_spec_files(out: Path, projection: tuple[int, int, int]) -> None:
+def ceiling_file(out: Path, model: str, d_ff: int) -> Path:
+    return out / f"{model}-ff{d_ff}.toml"
+
+
+def write_spec_files(args: argparse.Namespace) -> None:
     """Once, before any run starts (a run reads its spec while others start)."""
-    h, k, m = projection
+    h, k, m = args.projection
     for similarity in {arm[2] for arm in ARMS.values() if arm[2] is not None}:
-        spec_file(out, similarity).write_text(f'[model]\npreset = "tiny"\n\n[model.projection]\nh = {h}\nk = {k}\n'
-                                              f"m = {m}\nexpert_similarity = {similarity}\n")
+        spec_file(args.out, args.model, similarity).write_text(
+            f'[model]\npreset = "{args.model}"\n\n[model.projection]\nh = {h}\nk = {k}\nm = {m}\n'
+            f"expert_similarity = {similarity}\n")
+    if args.ceiling_ff:
+        ceiling_file(args.out, args.model, args.ceiling_ff).write_text(
+            f'[model]\npreset = "{args.model}"\nd_ff = {args.ceiling_ff}\n')
 
 
 def runs(args: argparse.Namespace) -> list[dict]:
@@ -57,7 +71,9 @@ def runs(args: argparse.Namespace) -> list[dict]:
     for budget in args.budgets:
         for arm, (method, batches, similarity) in ARMS.items():
             main = arm in ("slm", "pn mixed, shared")
-            if not main and budget != args.budgets[0]:
+            if arm == CEILING and not args.ceiling_ff:
+                continue
+            if not main and arm != CEILING and (budget != args.budgets[0] or args.no_ablation):
                 continue
             for lr in (args.lrs if main else [args.ablation_lr]):
                 for seed in args.seeds:
@@ -77,7 +93,9 @@ def eval_every(steps: int, evals: int) -> int:
 
 def command(run: dict, args: argparse.Namespace) -> list[str]:
     pnlm = str(Path(sys.executable).parent / "pnlm")
-    model = "tiny" if run["method"] == "slm" else str(spec_file(args.out, run["similarity"]))
+    model = args.model if run["arm"] == "slm" else (
+        str(ceiling_file(args.out, args.model, args.ceiling_ff)) if run["arm"] == CEILING
+        else str(spec_file(args.out, args.model, run["similarity"])))
     cmd = [pnlm, "pretrain", "--method", run["method"], "--model", model, "--data", str(args.data),
            "--backend", args.backend, "--steps", str(run["steps"]), "--batch-size", str(args.batch_size),
            "--lr", f"{run['lr']:g}", "--seed", str(run["seed"]), "--eval-every", str(eval_every(run["steps"], args.evals)),
@@ -138,6 +156,9 @@ def report(args: argparse.Namespace) -> None:
             (slm_lr, slm), (pn_lr, pn) = best["slm"], best["pn mixed, shared"]
             lines += ["", f"Best lr each: slm {slm:.1f} (lr {slm_lr:g}), pn {pn:.1f} (lr {pn_lr:g}): "
                           f"pn / slm = **{pn / slm:.3f}**"]
+            if CEILING in best:
+                lines.append(f"The dense ceiling (lr {best[CEILING][0]:g}): {best[CEILING][1]:.1f}, "
+                             f"{best[CEILING][1] / slm:.3f} of the SLM's")
         lines.append("")
     (args.out / "summary.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -151,7 +172,7 @@ def plot(args: argparse.Namespace, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(args.budgets), figsize=(6 * len(args.budgets), 4.5), squeeze=False)
-    colors = dict(zip(ARMS, ["black", "tab:red", "tab:orange", "tab:blue", "tab:green"]))
+    colors = dict(zip(ARMS, ["black", "tab:gray", "tab:red", "tab:orange", "tab:blue", "tab:green"]))
     for ax, budget in zip(axes[0], args.budgets):
         curves = {}
         for row in rows:
@@ -188,6 +209,9 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=8, help="evaluations per run")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--model", default="tiny", help="the SLM: a preset (the PN projects it)")
+    parser.add_argument("--no-ablation", action="store_true", help="only the SLM, the PN (and the ceiling)")
+    parser.add_argument("--ceiling-ff", type=int, default=0, help="add the dense ceiling: an SLM of this d_ff")
     args = parser.parse_args()
     args.lrs = [float(x) for x in args.lrs.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
@@ -195,7 +219,7 @@ def main() -> None:
     args.projection = tuple(int(x) for x in args.projection.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     grid = runs(args)
-    write_spec_files(args.out, args.projection)
+    write_spec_files(args)
     (args.out / "commands.txt").write_text("".join(" ".join(command(run, args)) + "\n" for run in grid))
     if not args.report_only:
         with ThreadPoolExecutor(args.workers) as pool:

@@ -30,6 +30,8 @@ def info(
             table.add_row(key, str(result[key]))
     table.add_row("params_pretrain", f"{result['params_pretrain']:,}")
     table.add_row("params_inference", f"{result['params_inference']:,}")
+    table.add_row("mlp_params", f"{result['mlp_params']:,} ({100 * result['mlp_share']:.1f}% of the inference "
+                  "parameters: what a projected network's projection multiplies)")
     for key, value in result["spec"].items():
         table.add_row(key, str(value))
     console.print(table)

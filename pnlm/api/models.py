@@ -158,6 +158,7 @@ class ModelInfo:
 
     def to_json(self) -> dict[str, Any]:
         data = {**self.source, "params_pretrain": self.params_pretrain, "params_inference": self.params_inference,
+                "mlp_params": self.spec.mlp_params(), "mlp_share": round(self.spec.mlp_share(), 4),
                 "spec": self.spec.to_dict()}
         if self.experts is not None:
             data["experts"] = self.experts

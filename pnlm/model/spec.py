@@ -139,6 +139,14 @@ class ModelSpec:
         embeddings = self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
         return self.n_layers * per_layer + embeddings + self.d_model
 
+    def mlp_params(self) -> int:
+        """The MLP weights of the model that runs (what a projected network's projection multiplies)."""
+        return self.n_layers * self._mlp_params()
+
+    def mlp_share(self) -> float:
+        """The MLPs' share of the inference parameters: about half in the paper's SLM (0.505 at 32k pieces)."""
+        return self.mlp_params() / self.params_inference()
+
     def params_pretrain(self) -> int:
         """Parameters trained during pretraining (all experts' bases, mixes and embeddings for a PN)."""
         if self.projection is None:
@@ -240,6 +248,17 @@ PRESETS: dict[str, ModelSpec] = {
 # give 1,391.6M (-2.1%); m=16 lets the 32 experts share a 16-dimensional embedding (docs/projected.md).
 PRESETS["pn-126m"] = dataclasses.replace(PRESETS["slm-126m"], projection=Projection(h=21, k=32, m=16))
 PRESETS["pn-tiny"] = dataclasses.replace(PRESETS["tiny"], projection=Projection(h=4, k=4, m=4))
+# The paper's proportions at a size two CPU cores train: in `small` the MLPs are 54% of the weights at 4,096
+# pieces (43% at 8,192; slm-126m: 50% at 32,000), where in `tiny` the embedding is most of them and a
+# projected network has little to specialize (docs/results/pn-ablation.md, section 6). `llm-small` is 6.0x
+# `small` at 4,096 pieces (llm-771m is 6.1x slm-126m), with the paper's LLM's full multi-head attention and
+# an MLP share of 62% (llm-771m: 59%). `pn-small`: h = 4 bases per MLP matrix, k = 8 experts, m = 4
+# (pretraining 2.6x small's parameters; k follows the clusters it is trained on).
+PRESETS["small"] = ModelSpec(vocab_size=4096, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=704,
+                             context=512)
+PRESETS["pn-small"] = dataclasses.replace(PRESETS["small"], projection=Projection(h=4, k=8, m=4))
+PRESETS["llm-small"] = ModelSpec(vocab_size=4096, d_model=640, n_layers=4, n_heads=10, n_kv_heads=10, d_ff=1920,
+                                 context=512)
 
 
 def load_spec(name_or_path: str | Path) -> ModelSpec:
