@@ -142,9 +142,9 @@ def torchrun_on_one_gpu(work: Path, backend: str = "cuda") -> dict:
     return result
 
 
-def embedding_check(work: Path, backend: str = "cuda", repeats: int = 120, compare: int = 256) -> dict:
+def embedding_check(work: Path, backend: str = "cuda", repeats: int = 60, compare: int = 2048) -> dict:
     """Windows of 1,024 tokens embedded per second by `pnlm data cluster --backend cuda` (all-MiniLM-L6-v2,
-    bfloat16, windows decoded ahead in worker processes) on the sample books repeated into ~50,000 windows;
+    bfloat16, windows decoded ahead in worker processes) on the sample books repeated into ~25,000 windows;
     the first `compare` windows against the CPU's float32 embedding: the smallest cosine, and how many of
     them the run's centroids label alike."""
     import gzip
@@ -168,7 +168,7 @@ def embedding_check(work: Path, backend: str = "cuda", repeats: int = 120, compa
     pnlm.train_tokenizer(sample, 2048, work / "embed-tok")
     pnlm.prepare([work / "books.jsonl.gz"], work / "embed-tok", 1024, work / "books", valid_fraction=0, test_fraction=0)
     done = run([sys.executable, "-m", "pnlm.cli", "data", "cluster", str(work / "books"), "--k", "16", "--backend",
-                backend, "--json", "--out", str(work / "books-clusters")], 540, keep_stdout=True)
+                backend, "--json", "--out", str(work / "books-clusters")], 240, keep_stdout=True)
     report = json.loads(done.pop("stdout")) if done["exit"] == 0 else {}
     result = {"command": done, "backend": backend, "windows": report.get("embedded_windows"),
               "embed_seconds": report.get("embed_seconds"), "device": report.get("device")}

@@ -220,6 +220,57 @@ def test_an_embedding_killed_past_half_continues_and_ends_with_the_same_file(ham
     assert not list((store / "embeddings").rglob("*partial*"))
 
 
+def children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            command = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip()) == pid:
+            found.append((int(status.parent.name), command))
+    return found
+
+
+def test_windows_decoded_by_worker_processes_embed_alike(hamlet, tiny_embedder, tmp_path):
+    store = tmp_path / "hamlet"
+    shutil.copytree(hamlet.path, store, ignore=shutil.ignore_patterns("embeddings", "*.clusters.npy", "clusters.json"))
+    argv = [*PNLM, "data", "cluster", store, "--k", 4, "--embedder", tiny_embedder, "--backend", "torch", "--overwrite",
+            "--out", tmp_path / "clusters"]
+    assert run(*argv, "--workers", 0).returncode == 0
+    inline = cache_files(store)
+    shutil.rmtree(store / "embeddings")
+    result = run(*argv, "--workers", 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert cache_files(store) == inline
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="finds the worker through /proc")
+def test_a_worker_that_dies_stops_the_embedding_with_one_line(hamlet, tiny_embedder, tmp_path):
+    store = tmp_path / "hamlet"
+    shutil.copytree(hamlet.path, store, ignore=shutil.ignore_patterns("embeddings", "*.clusters.npy", "clusters.json"))
+    child = subprocess.Popen([str(a) for a in [*PNLM, "data", "cluster", store, "--k", 4, "--embedder", tiny_embedder,
+                                               "--backend", "torch", "--batch-size", 2, "--workers", 1,
+                                               "--out", tmp_path / "clusters"]],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, worker = time.monotonic() + 120, None
+    while worker is None and time.monotonic() < deadline:
+        assert child.poll() is None, child.communicate()[1][-2000:]
+        if journal_chunks(store) >= 1:
+            workers = [pid for pid, command in children(child.pid) if "spawn_main" in command]
+            worker = workers[0] if workers else None
+        time.sleep(0.02)
+    assert worker is not None, "no worker process found"
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 2 and time.monotonic() - killed < 10, err[-3000:]
+    assert "a worker decoding windows for the embedder died" in err and len(err.strip().splitlines()) <= 3, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip().splitlines()[-1]]
+    assert not (tmp_path / "clusters").exists()
+
+
 def test_a_partial_embedding_of_other_windows_is_not_resumed(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()

@@ -40,6 +40,8 @@ class SentenceEncoder:
             from pnlm.backends.torch.distributed import local_device
 
             self.device = local_device(self.device)
+            if self.device.index is None:  # one process: the current GPU, named by its index
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         try:
@@ -58,8 +60,9 @@ class SentenceEncoder:
                                         if self.device.type == "cuda" else "")
 
     def batch_size(self, requested: int | None) -> int:
-        """Windows a forward pass takes: as asked, else 64 on a CPU and as many as a quarter of the GPU's free
-        memory holds (256 to 4,096)."""
+        """Windows a forward pass takes: as asked, else 64 on a CPU and, on a GPU, as many as a quarter of its
+        memory holds (256 to 4,096, a power of two): a function of the GPU's model, not of what is free at
+        the moment, so that a rerun cuts a chunk into the same batches."""
         if requested is not None:
             return requested
         if self.device.type != "cuda":
@@ -67,8 +70,9 @@ class SentenceEncoder:
         config = self.model[0].auto_model.config
         per_window = ACTIVATION_BYTES * self.max_seq_length * (config.hidden_size + config.num_attention_heads
                                                                * self.max_seq_length)
-        free = torch.cuda.mem_get_info(self.device)[0]
-        return int(min(GPU_BATCH[1], max(GPU_BATCH[0], free // 4 // per_window)))
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        fits = max(GPU_BATCH[0], min(GPU_BATCH[1], total // 4 // per_window))
+        return int(2 ** int(np.log2(fits)))
 
     def _features(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
         tensors = {"input_ids": torch.from_numpy(np.asarray(ids, dtype=np.int64)),

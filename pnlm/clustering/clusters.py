@@ -16,7 +16,7 @@ from pnlm.clustering.embedder import Embedder, resolve_embedder
 from pnlm.clustering.histogram import histogram_report
 from pnlm.clustering.kmeans import (MAX_FIT_WINDOWS, MAX_ITERATIONS, fit_sample, kmeans, label_chunks, nearest_centroid,
                                    restarts)
-from pnlm.clustering.ranks import Ranks, SingleProcess, share
+from pnlm.clustering.ranks import Ranks, SingleProcess, on_rank_zero, share
 from pnlm.data.store import TokenStore
 from pnlm.errors import InputError
 from pnlm.files.atomic import atomic_dir
@@ -150,6 +150,14 @@ class FitResult:
                 "kmeans_seconds": round(self.kmeans_seconds, 3)}
 
 
+def open_store(store: TokenStore | str | Path, group: Ranks) -> TokenStore:
+    """The store, its files checked against their sha256 once, by rank 0 (a mismatch stops every rank)."""
+    if isinstance(store, TokenStore):
+        return store
+    on_rank_zero(group, lambda: as_store(store) and None)
+    return as_store(store, verify=False)
+
+
 def label_splits(embeddings: dict[str, np.ndarray], centroids: np.ndarray, group: Ranks) -> dict[str, np.ndarray]:
     """Every split's nearest-centroid labels, each rank labelling its share of the label chunks; whole on
     rank 0 ({} on the others)."""
@@ -173,7 +181,7 @@ def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Pa
     copy the store keeps. Under torchrun (group) every rank calls it: each embeds and labels its share,
     rank 0 fits k-means and writes the files, which are the ones a single process writes."""
     group = group or SingleProcess()
-    store, out = as_store(store, verify=group.rank == 0), Path(out)
+    store, out = open_store(store, group), Path(out)
     tokenizer = store.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
     train_windows = store.num_windows("train")
@@ -188,20 +196,21 @@ def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Pa
                                         workers=workers, group=group)
 
     start = time.perf_counter()
-    fitted = None
-    if group.rank == 0:
+
+    def fit() -> tuple[np.ndarray, str, int]:  # once, on rank 0
         sample = fit_sample(embeddings["train"], seed, max(max_fit_windows, k))
         if on_progress:
             on_progress(f"k-means, k={k}", 0, len(sample))
         centroids, library = kmeans(sample, k, seed, n_init)
         if on_progress:
             on_progress(f"k-means, k={k}", len(sample), len(sample))
-        fitted = (centroids, library, len(sample))
-    centroids, library, fit_windows = group.broadcast(fitted)
+        return centroids, library, len(sample)
+
+    centroids, library, fit_windows = on_rank_zero(group, fit)
     kmeans_seconds = time.perf_counter() - start
 
     labels = label_splits({split: embeddings[split] for split in store.splits}, centroids, group)
-    train = group.broadcast(histogram_report(labels["train"], k) if group.rank == 0 else None)
+    train = on_rank_zero(group, lambda: histogram_report(labels["train"], k))
     info = {"format": FORMAT, "version": VERSION, "k": k, "dim": int(centroids.shape[1]), "seed": seed,
             "embedder": resolved.describe(), "store": str(store.path.resolve()),
             "tokenizer_sha256": store.tokenizer_sha256, "context": store.context,
@@ -209,16 +218,17 @@ def fit_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str | Pa
             "kmeans": {"library": library, "n_init": restarts(k, n_init), "max_iterations": MAX_ITERATIONS,
                        "fit_windows": fit_windows},
             "train_windows": train_windows, "train_counts": train["counts"], "train_histogram": train["histogram"]}
-    if group.rank == 0:
+
+    def write() -> str:  # rank 0; every rank returns once the files are in place
         with atomic_dir(out) as folder:
             np.save(folder / CENTROIDS_FILE, centroids, allow_pickle=False)
             info["centroids_sha256"] = file_sha256(folder / CENTROIDS_FILE)
             (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    info["centroids_sha256"] = group.broadcast(info.get("centroids_sha256"))
+        store.write_cluster_ids(labels, Clusters(out, info, centroids).store_info())
+        return info["centroids_sha256"]
+
+    info["centroids_sha256"] = on_rank_zero(group, write)
     clusters = Clusters(out, info, centroids)
-    if group.rank == 0:
-        store.write_cluster_ids(labels, clusters.store_info())
-    group.barrier()  # every rank returns once the files are in place
     windows = {split: store.num_windows(split) for split in store.splits}
     return FitResult(clusters, windows, train, embedding, library, kmeans_seconds)
 
@@ -236,7 +246,7 @@ def assign_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str |
     """
     group = group or SingleProcess()
     clusters = load_clusters(clusters_dir)
-    store = as_store(store, verify=group.rank == 0)
+    store = open_store(store, group)
     tokenizer = clusters.tokenizer() if tokenizer is None else as_tokenizer(tokenizer)
     check_tokenizer(store, tokenizer)
     if not store.num_windows(split):
@@ -248,8 +258,8 @@ def assign_clusters(store: TokenStore | str | Path, tokenizer: Tokenizer | str |
         if array.shape[1] != clusters.dim:
             raise InputError(f"{name} embeddings have dimension {array.shape[1]}, the clusters {clusters.dim}")
     labels = label_splits(embeddings, clusters.centroids, group)
-    report = None
-    if group.rank == 0:
+    def write() -> dict[str, Any]:
         store.write_cluster_ids(labels, clusters.store_info())
-        report = {"split": split, **histogram_report(labels[split], clusters.k)}
-    return group.broadcast(report)
+        return {"split": split, **histogram_report(labels[split], clusters.k)}
+
+    return on_rank_zero(group, write)

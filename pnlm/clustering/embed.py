@@ -29,7 +29,7 @@ import numpy as np
 from pnlm.backend_loader import load_sentence_encoder
 from pnlm.clustering.embedder import Embedder, resolve_embedder
 from pnlm.clustering.embedding_cache import SplitCache, cached_split
-from pnlm.clustering.ranks import Ranks, SingleProcess, share
+from pnlm.clustering.ranks import Ranks, SingleProcess, on_rank_zero, share
 from pnlm.clustering.window_features import WindowFeatures, feature_stream
 from pnlm.data.store import TokenStore
 from pnlm.errors import InputError
@@ -115,41 +115,47 @@ def embed_store(store: TokenStore, tokenizer: Tokenizer, embedder: Embedder, bat
     group = group or SingleProcess()
     splits = splits or store.splits
     run = EmbeddingRun(embedded_by_rank=[0] * group.world)
-    embeddings = {split: cached_embeddings(store, split, embedder) for split in splits}
-    run.cached_splits = [split for split, array in embeddings.items() if array is not None]
-    todo = [split for split, array in embeddings.items() if array is None]
-    if group.rank == 0:
-        for split in run.cached_splits:  # a run killed between finishing a split and tidying its journals
-            SplitCache.discard_files(cache_dir(store, embedder), split)
-    if not todo:
-        return embeddings, run
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    workers = default_workers(backend) if workers is None else workers
-    if workers < 0:
-        raise InputError(f"--workers must be 0 (decode in this process) or more, got {workers}")
-    encoder = load_sentence_encoder(backend, str(embedder.path), embedder.precision)
-    run.device = encoder.where
     folder = cache_dir(store, embedder)
-    if group.rank == 0:
-        _make_cache_dir(folder, embedder, encoder)
-    features = WindowFeatures(str(store.path.resolve()), str(tokenizer.path.resolve()), str(embedder.path.resolve()),
-                              encoder.max_seq_length)
-    start = time.perf_counter()
-    mine = 0
-    for split in todo:
-        cache = SplitCache(folder, split, store.num_windows(split), encoder.dim, embedder.id)
-        embedded, resumed = _embed_split(cache, features, encoder, encoder.batch_size(batch_size), workers, group,
-                                         on_progress)
-        mine += embedded
-        run.resumed_windows[split] = resumed
-        embeddings[split] = cached_embeddings(store, split, embedder)
-        if embeddings[split] is None:
-            raise InputError(f"{cache.final}: missing or not ({cache.windows}, {cache.dim}) float16 once embedded; "
-                             "another job on the same store?")
-    run.seconds = time.perf_counter() - start
-    gathered = group.gather(mine)
-    run.embedded_by_rank = [int(n) for n in gathered] if gathered else run.embedded_by_rank
+
+    def to_embed() -> list[str]:  # rank 0's reading of the cache is every rank's
+        todo = [split for split in splits if cached_embeddings(store, split, embedder) is None]
+        for split in set(splits) - set(todo):  # a run killed between finishing a split and tidying its journals
+            SplitCache.discard_files(folder, split)
+        return todo
+
+    todo = on_rank_zero(group, to_embed)
+    run.cached_splits = [split for split in splits if split not in todo]
+    if todo:
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        workers = default_workers(backend) if workers is None else workers
+        if workers < 0:
+            raise InputError(f"--workers must be 0 (decode in this process) or more, got {workers}")
+        encoder = load_sentence_encoder(backend, str(embedder.path), embedder.precision)
+        run.device = encoder.where
+
+        def set_up() -> int:  # the cache folder, and one batch size for every rank: a chunk's rows depend on it
+            _make_cache_dir(folder, embedder, encoder)
+            return encoder.batch_size(batch_size)
+
+        batch = on_rank_zero(group, set_up)
+        features = WindowFeatures(str(store.path.resolve()), str(tokenizer.path.resolve()),
+                                  str(embedder.path.resolve()), encoder.max_seq_length)
+        start = time.perf_counter()
+        mine = 0
+        for split in todo:
+            cache = SplitCache(folder, split, store.num_windows(split), encoder.dim, embedder.id)
+            embedded, run.resumed_windows[split] = _embed_split(cache, features, encoder, batch, workers, group,
+                                                                on_progress)
+            mine += embedded
+        run.seconds = time.perf_counter() - start
+        gathered = group.gather(mine)
+        run.embedded_by_rank = [int(n) for n in gathered] if gathered else run.embedded_by_rank
+    embeddings = {split: cached_embeddings(store, split, embedder) for split in splits}
+    missing = [split for split, array in embeddings.items() if array is None]
+    if missing:
+        raise InputError(f"{folder}: the embeddings of {', '.join(missing)} are missing or do not fit the store once "
+                         "embedded; another job on the same store?")
     return embeddings, run
 
 
@@ -158,17 +164,18 @@ def _embed_split(cache: SplitCache, features: WindowFeatures, encoder: Any, batc
     """Embed this rank's share of the split's missing chunks; rank 0 finishes the file once all are done.
     (windows this rank embedded, windows an earlier run had embedded)."""
     if cache.windows == 0:
-        if group.rank == 0:
+        def write_empty() -> None:
             cache.discard()
             with atomic_file(cache.final) as f:
                 np.save(f, np.zeros((0, cache.dim), dtype=np.float16), allow_pickle=False)
-        group.barrier()
+        on_rank_zero(group, write_empty)
         return 0, 0
-    pending = None
-    if group.rank == 0:
+
+    def pending_chunks() -> list[int]:  # one list for every rank, read before any rank writes
         cache.prepare()
-        pending = sorted(set(range(cache.chunks)) - cache.done())
-    pending = group.broadcast(pending)  # one list for every rank, read before any rank writes
+        return sorted(set(range(cache.chunks)) - cache.done())
+
+    pending = on_rank_zero(group, pending_chunks)
     resumed = cache.windows - sum(end - begin for begin, end in map(cache.bounds, pending))
     mine = share(pending, group.rank, group.world)
     windows = sum(end - begin for begin, end in map(cache.bounds, mine))
@@ -189,10 +196,8 @@ def _embed_split(cache: SplitCache, features: WindowFeatures, encoder: Any, batc
                        cache.windows if group.world == 1 else windows)
     finally:
         cache.close()
-    group.barrier()
-    if group.rank == 0:
-        cache.finish()
-    group.barrier()
+    group.barrier()  # every rank's chunks on disk
+    on_rank_zero(group, cache.finish)
     return done, int(resumed)
 
 

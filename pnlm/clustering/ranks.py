@@ -11,7 +11,10 @@ pnlm.backend_loader, so a single process never imports torch.distributed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from pnlm.errors import PnlmError
 
 
 class Ranks(Protocol):
@@ -64,6 +67,22 @@ def process_group() -> Ranks:
     from pnlm.backend_loader import torchrun_group
 
     return torchrun_group()
+
+
+def on_rank_zero(group: Ranks, work: Callable[[], Any]) -> Any:
+    """work() done by rank 0 alone (the one process: itself), its result returned on every rank; a refusal it
+    raises (a PnlmError, or an OSError the system gave it) is raised on every rank, so that each stops with
+    rank 0's line instead of waiting for it in the next step."""
+    outcome = None
+    if group.rank == 0:
+        try:
+            outcome = (True, work())
+        except (PnlmError, OSError) as exc:
+            outcome = (False, exc)
+    done, value = group.broadcast(outcome)
+    if not done:
+        raise value
+    return value
 
 
 def share(items: list[Any], rank: int, world: int) -> list[Any]:

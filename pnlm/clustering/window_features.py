@@ -9,7 +9,9 @@ of memory, killed) is seen at once: the stream raises, it does not hang.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +43,11 @@ class EmbedderTokenizer:
     def __init__(self, folder: str | Path, max_length: int) -> None:
         folder = Path(folder)
         self.max_length = max_length
+        settings = folder / "sentence_bert_config.json"
+        try:  # sentence-transformers lowercases first where its folder says so, and strips every text
+            self.lower = bool(json.loads(settings.read_text()).get("do_lower_case")) if settings.is_file() else False
+        except (OSError, ValueError, AttributeError):
+            self.lower = False
         if (folder / HF_TOKENIZER_FILE).is_file():
             from tokenizers import Tokenizer as FastTokenizer
 
@@ -57,6 +64,7 @@ class EmbedderTokenizer:
             self._fast, self._auto = None, AutoTokenizer.from_pretrained(str(folder))
 
     def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        texts = [text.strip().lower() if self.lower else text.strip() for text in texts]
         if self._fast is not None:
             return [np.asarray(e.ids, dtype=np.int32) for e in self._fast.encode_batch(texts)]
         ids = self._auto(texts, truncation=True, max_length=self.max_length)["input_ids"]
@@ -93,6 +101,13 @@ def _worker_call(features: WindowFeatures, split: str, begin: int, end: int) -> 
     return features(split, begin, end)
 
 
+def _worker_start() -> None:
+    """A worker leaves Ctrl-C and SIGTERM to the process it works for (torchrun stops a rank's whole
+    process group): that process says why it stops, then ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def feature_stream(features: WindowFeatures, split: str, ranges: Iterable[tuple[Any, int, int]],
                    workers: int) -> Iterator[tuple[Any, list[np.ndarray]]]:
     """(key, features) for each (key, begin, end) of ranges, in their order: made here (workers=0) or by
@@ -103,7 +118,7 @@ def feature_stream(features: WindowFeatures, split: str, ranges: Iterable[tuple[
         for key, begin, end in ranges:
             yield key, features(split, begin, end)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
     ahead: deque = deque()
     pending = iter(ranges)
     try:
@@ -113,16 +128,14 @@ def feature_stream(features: WindowFeatures, split: str, ranges: Iterable[tuple[
                 break
         while ahead:
             key, future = ahead.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                raise PnlmError("a worker decoding windows for the embedder died (out of memory, or killed); "
-                                "the chunks embedded so far are kept: run the same command again, perhaps "
-                                "with fewer --workers") from None
+            result = future.result()
             following = next(pending, None)
             if following is not None:
                 ahead.append((following[0], pool.submit(_worker_call, features, split, *following[1:])))
             yield key, result
+    except BrokenProcessPool:
+        raise PnlmError("a worker decoding windows for the embedder died (out of memory, or killed); the chunks "
+                        "embedded so far are kept: run the same command again, perhaps with fewer --workers") from None
     finally:
         for _, future in ahead:
             future.cancel()
