@@ -7,7 +7,7 @@ fine-tuned on it with MLX, evaluated before and after, and run.
 
     python examples/specialize.py OUT [--steps 300] [--finetune-steps 60] [--documents 60]
 
-About a minute on a laptop's CPU at the default size; every function is pnlm's public API.
+A few minutes on a laptop's CPU at the default size; every function is pnlm's public API.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def specialize(out: Path, steps: int = 300, finetune_steps: int = 60, documents:
     histogram = pnlm.assign(out / "hamlet", out / "clusters", split="train", all_splits=True)
     print(f"Hamlet's windows by cluster: {[round(share, 2) for share in histogram.histogram]}")
 
-    # 2. Plan early: a projected network over the 4 clusters (h=2 basis matrices, m=2 embedding width).
-    run = pnlm.pretrain(out / "generic", out / "pn", model="tiny", method="pn", clusters=out / "clusters",
-                        projection="2,4,2", backend="torch", steps=steps, batch_size=8, lr=3e-3)
+    # 2. Plan early: a projected network over the 4 clusters, the `small` model projected (pn-small: h=4 basis
+    #    matrices per MLP matrix, m=4 embedding width, k from the clusters), whose MLPs are about half of it.
+    run = pnlm.pretrain(out / "generic", out / "pn", model="pn-small", method="pn", clusters=out / "clusters",
+                        backend="torch", steps=steps, batch_size=8, lr=2e-3)
     print(f"pretrained {run.steps} steps: loss {run.final_loss:.3f}, {run.tokens_per_s:,} tokens/s")
 
     # 3. The domain arrives: its expert, as a plain small model, fine-tuned with MLX.

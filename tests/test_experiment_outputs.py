@@ -138,3 +138,53 @@ def test_report_on_the_command_line_with_and_without_matplotlib(folder, tmp_path
     assert "no plots" in run.stderr and "pnlm[report]" in run.stderr
     text = (folder / "report.md").read_text()
     assert "Table 9" in text and "need matplotlib" in text and "plots/" not in text
+
+
+def test_the_report_checks_the_papers_orderings(folder):
+    from pnlm.experiment.orderings import check, high_entropy_domains
+
+    rows = list(csv.DictReader(open(folder / "results.csv")))
+    costs = list(csv.DictReader(open(folder / "costs.csv")))
+    extra_results, extra_costs = [], []
+    # pn: better than the SLM at equal steps on law only (code: worse), and dearer per step (2x the SLM's hours),
+    # so at the SLM's 4 h it sits at its own 100-step point: worse than the SLM's 400 steps there
+    for budget, hours, ppl_law, ppl_code in ((100, 2.0, 35.0, 170.0), (400, 8.0, 25.0, 125.0)):
+        for domain, ppl in (("law", ppl_law), ("code", ppl_code)):
+            for size, gain in zip(SIZES, (1.0, 0.5)):
+                extra_results.append({**rows[0], "method": "pn", "budget_steps": budget, "domain": domain,
+                                      "domain_tokens": size, "finetuned_ppl": ppl * gain})
+                extra_costs.append({**costs[0], "method": "pn", "budget_steps": budget, "domain": domain,
+                                    "domain_tokens": size, "generic_device_hours": hours})
+    for domain, ppl in (("law", 50.0), ("code", 100.0)):  # no pretraining: worse than all but is on code
+        for size in SIZES:
+            extra_results.append({**rows[0], "method": "nopt", "budget_steps": 0, "domain": domain,
+                                  "domain_tokens": size, "finetuned_ppl": ppl})
+            extra_costs.append({**costs[0], "method": "nopt", "budget_steps": 0, "domain": domain,
+                                "domain_tokens": size, "generic_device_hours": 0.0})
+    _write(folder / "results.csv", rows + extra_results)
+    _write(folder / "costs.csv", costs + extra_costs)
+    domains = list(csv.DictReader(open(folder / "domains.csv")))
+    for row in domains:
+        row["entropy"] = 1.9 if row["domain"] == "code" else 0.4
+    _write(folder / "domains.csv", domains)
+
+    r = read_results(folder)
+    assert high_entropy_domains(r, 1) == ["code"]
+    verdicts = {(v.ordering.claim, v.size): v for v in check(r)}
+    assert {claim for claim, _ in verdicts} == {
+        "PN below the SLM at equal steps", "PN below the SLM at the SLM's pretraining cost",
+        "the hard mixture below the SLM at equal steps", "importance sampling below the SLM at equal steps",
+        "every pretrained method below no pretraining (nopt)"}  # no LLM ran: its orderings are not claimed
+    steps = verdicts[("PN below the SLM at equal steps", 1000)]
+    # at 400 steps, the largest budget they share: macro sqrt(25 x 125) = 55.9 against the SLM's sqrt(30 x 120) = 60
+    assert steps.budget == 400 and steps.macro is True
+    assert steps.domains_holding == ["law"] and steps.domains_measured == ["law", "code"]
+    # at the SLM's 4 h, halfway in log cost between the PN's 2 h and 8 h: law 30 (not below 30), code 147.5
+    cost = verdicts[("PN below the SLM at the SLM's pretraining cost", 1000)]
+    assert cost.macro is False and cost.domains_holding == [] and cost.domains_measured == ["law", "code"]
+    assert verdicts[("the hard mixture below the SLM at equal steps", 4000)].macro is True
+    nopt = verdicts[("every pretrained method below no pretraining (nopt)", 1000)]
+    assert nopt.macro is True and nopt.domains_holding == ["law"]  # on code the SLM's 120 is above nopt's 100
+    text = write_report(folder).read_text()
+    assert "| PN below the SLM at the SLM's pretraining cost | 7 | 1,000 | does not hold | 0 of 2 |" in text
+    assert "| pn | 1,000 | law 0.833, code 1.042 | 1.042 | 0.833 |" in text  # high-entropy code, then the rest

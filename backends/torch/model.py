@@ -177,24 +177,28 @@ class ProjectedMLP(nn.Module):
         self.down_proj = ProjectedLinear(spec.d_ff, spec.d_model, spec)
 
     def forward(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
-        gate, up, down = (m.weight(routing.vectors).to(x.dtype) for m in (self.gate_proj, self.up_proj, self.down_proj))
         if not routing.grouped:
+            gate, up, down = (m.weight(routing.vectors).to(x.dtype) for m in (self.gate_proj, self.up_proj, self.down_proj))
             return F.linear(F.silu(F.linear(x, gate[0])) * F.linear(x, up[0]), down[0])
-        return _grouped_mlp(x, gate, up, down, routing)
+        # Several experts: gate and up formed as one (S, 2·d_ff, d) tensor from their bases side by side (h
+        # matrices copied, not S), so each group takes one product for both.
+        gate, up = self.gate_proj, self.up_proj
+        coefficients = torch.stack([routing.vectors @ gate.mix, routing.vectors @ up.mix])  # (2, S, h)
+        bases = torch.stack([gate.basis, up.basis])  # (2, h, d_ff, d)
+        gate_up = torch.einsum("gsh,ghod->sgod", coefficients, bases).flatten(1, 2).to(x.dtype)
+        return _grouped_mlp(x, gate_up, self.down_proj.weight(routing.vectors).to(x.dtype), routing)
 
 
 @torch.compiler.disable
-def _grouped_mlp(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
-                 routing: Routing) -> torch.Tensor:
+def _grouped_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, routing: Routing) -> torch.Tensor:
     """Rows of several experts, each group through its expert's matrices. Left out of torch.compile: the
     group sizes change with every batch, and compiled they would recompile at each new set."""
     # Per expert, gate and up in one product (half the small matrix products of a group), and the
     # matrices taken apart with unbind, whose backward stacks instead of zero-filling one whole
     # (S, out, in) gradient per expert.
-    gate_up = torch.cat([gate, up], dim=1).unbind(0)
     groups = torch.split(x if routing.order is None else x[routing.order], routing.sizes)
     out = []
-    for rows, both, down_s in zip(groups, gate_up, down.unbind(0)):
+    for rows, both, down_s in zip(groups, gate_up.unbind(0), down.unbind(0)):
         g, u = F.linear(rows, both).chunk(2, dim=-1)
         out.append(F.linear(F.silu(g) * u, down_s))
     out = torch.cat(out)

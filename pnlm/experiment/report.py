@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pnlm.files.atomic import atomic_file
+from pnlm.experiment.orderings import orderings_section
 from pnlm.experiment.results import Results, interpolate_log, read_results
 
 PLOTS = ("perplexity_vs_pretraining_cost.png", "specialization_cost.png")
@@ -187,7 +188,7 @@ def write_report(folder: str | Path) -> Path:
         plotted = write_plots(r, r.folder / "plots")
         sections = [parameters_table(r), cost_per_token_table(r), perplexity_table(r)]
         sections += [fixed_cost_table(r, size) for size in r.sizes]
-        sections += [clusters_tables(r), per_domain_table(r)]
+        sections += [clusters_tables(r), per_domain_table(r), orderings_section(r)]
         sections += [f"![perplexity against pretraining cost](plots/{PLOTS[0]})",
                      f"![perplexity against specialization cost](plots/{PLOTS[1]})"] if plotted else \
             [f"(No plots: they need matplotlib, `pip install 'pnlm[report]'`, then `pnlm experiment report "
