@@ -40,10 +40,10 @@ def main() -> None:
         abandon_runs()
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except OSError as exc:  # the system refused a read or a write that no check of ours could foresee
+    except OSError as exc:  # the system refused a read or a write (permission, a read-only disk): the user's to fix
         abandon_runs()
         where = f"{exc.filename}: " if exc.filename else ""
         console.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(2)
     finally:
         release_outputs()

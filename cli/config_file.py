@@ -8,6 +8,8 @@ option the file gives is no longer missing.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +38,54 @@ def read_config(path: Path, command: Any) -> dict[str, Any]:
     """A TOML file's settings as the command's parameter defaults, or one InputError naming the file and the key."""
     data = read_toml(path, MAX_CONFIG_BYTES, InputError, "config file")
     keys = _keys(command)
+    hints = typing.get_type_hints(command.callback)
     defaults: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for key, value in data.items():
         if key not in keys:
             flags = ", ".join(sorted(k for k in keys if "_" not in k))
             raise InputError(f"{path}: unknown key {key!r} for `pnlm {command.name}`; the keys are its flags: {flags}")
-        if isinstance(value, dict):
-            raise InputError(f"{path}: {key} must be a value (a number, a string, true or false, a list), not a table")
+        if keys[key] in given:
+            raise InputError(f"{path}: {given[keys[key]]!r} and {key!r} are the same setting; give it once")
+        given[keys[key]] = key
+        _check_type(path, key, value, hints.get(keys[key], str))
         defaults[keys[key]] = value
     return defaults
+
+
+def _check_type(path: Path, key: str, value: Any, kind: Any) -> None:
+    """A value of the flag's type (the command's annotation): `steps = true` is not 1 step, `lr = "fast"` not a
+    rate; a list only where the flag is given several times."""
+    if isinstance(value, dict):
+        raise InputError(f"{path}: {key} must be a value (a number, a string, true or false, a list), not a table")
+    kind = _unwrap(kind)
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            value = [value]
+        kind, values = _unwrap(typing.get_args(kind)[0]) if typing.get_args(kind) else str, value
+    elif isinstance(value, list):
+        raise InputError(f"{path}: {key} takes one value, got a list")
+    else:
+        values = [value]
+    for one in values:
+        if kind is bool:
+            ok, expected = isinstance(one, bool), "true or false"
+        elif kind is int:
+            ok, expected = isinstance(one, int) and not isinstance(one, bool), "an integer"
+        elif kind is float:
+            ok, expected = isinstance(one, (int, float)) and not isinstance(one, bool), "a number"
+        else:
+            ok, expected = isinstance(one, str), "a string"
+        if not ok:
+            raise InputError(f"{path}: {key} must be {expected}, got {one!r}")
+
+
+def _unwrap(kind: Any) -> Any:
+    """X for X | None (and Optional[X])."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return kind
 
 
 def _apply(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:

@@ -93,3 +93,42 @@ def cpu_threads() -> int | None:
         return None
     os.environ["OMP_NUM_THREADS"] = os.environ[CHOSEN_BY_PNLM] = str(threads)
     return threads
+
+
+FOLLOW_S = 30.0  # how often a long CPU run counts the free cores again
+
+
+class FreeCores:
+    """A long run's thread count, following the machine: every FOLLOW_S seconds the cores other work kept
+    busy since the last count are counted again (from /proc/stat, without waiting), and the count changes
+    when they did. A run started beside another job takes the cores back once that job ends."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.cpus = available_cpus()
+        self.cores = physical_cores(self.cpus) or len(self.cpus)
+        self._mark()
+
+    def _mark(self) -> None:
+        self.at, self.busy, self.own = time.monotonic(), _busy_ticks(set(self.cpus)), _own_ticks()
+
+    def update(self) -> int | None:
+        """The new thread count when it changed since the last count, else None."""
+        now = time.monotonic()
+        if now - self.at < FOLLOW_S:
+            return None
+        seconds, busy, own = now - self.at, self.busy, self.own
+        self._mark()
+        others = ((self.busy - busy) - (self.own - own)) / os.sysconf("SC_CLK_TCK") / seconds
+        threads = max(1, round(self.cores - max(0.0, others)))
+        if threads == self.threads:
+            return None
+        self.threads = threads
+        return threads
+
+
+def following() -> FreeCores | None:
+    """A FreeCores for this process when pnlm chose its thread count (cpu_threads), else None: threads set by
+    the user (OMP_NUM_THREADS, MKL_NUM_THREADS) are the user's, and stay."""
+    threads = cpu_threads()
+    return FreeCores(threads) if threads else None

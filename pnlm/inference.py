@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pnlm import values
 from pnlm.errors import PnlmError
 from pnlm.model.lora import LoraSpec, fuse
 from pnlm.model.losses import log_softmax
@@ -115,7 +116,10 @@ class InferenceModel(abc.ABC):
     # The shared API.
     def logits(self, tokens) -> np.ndarray:
         """Next-token logits for every position: (time, vocab) for one sequence, (batch, time, vocab) for a batch."""
-        array = np.asarray(tokens)
+        try:
+            array = np.asarray(tokens)
+        except ValueError:  # rows of different lengths
+            array = np.zeros(0)
         if array.ndim not in (1, 2) or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
             raise PnlmError("tokens must be a non-empty sequence of ints, or a batch of equal-length sequences")
         self._check_ids(array)
@@ -132,12 +136,16 @@ class InferenceModel(abc.ABC):
     def generate_ids(self, prompt_ids: Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
                      top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
         """Yield new token ids one by one, with a KV cache; greedy when temperature is 0."""
+        if isinstance(prompt_ids, (str, bytes)) or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                                           for i in prompt_ids):
+            raise PnlmError("prompt ids must be a sequence of token ids (ints); give text to generate() instead")
         prompt_ids = [int(i) for i in prompt_ids]
         if not prompt_ids:
             raise PnlmError("the prompt is empty: give at least one token")
         self._check_ids(np.asarray(prompt_ids))
-        if max_tokens < 0:
-            raise PnlmError(f"max_tokens must be >= 0, got {max_tokens}")
+        values.whole("max_tokens", max_tokens, 0)
+        if seed is not None:
+            values.seed(seed)
         total = len(prompt_ids) + max_tokens
         if total > self.spec.context:
             raise PnlmError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
@@ -170,17 +178,24 @@ class InferenceModel(abc.ABC):
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None) -> str:
         """The completion of a text prompt (or of token ids) as text."""
+        if not isinstance(prompt, str) and not isinstance(prompt, (list, tuple, np.ndarray)):
+            raise PnlmError(f"prompt must be a text or a sequence of token ids, got {type(prompt).__name__}")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         new = list(self.generate_ids(ids, max_tokens, temperature, top_p, seed))
         return self.tokenizer.decode(new)
 
-    def save(self, path: str | Path, method: str | None = None) -> Path:
+    def save(self, path: str | Path, method: str | None = None, overwrite: bool = False) -> Path:
+        """Write the model as a plain checkpoint folder at path. As every output of pnlm, path may be new or
+        empty; a checkpoint pnlm wrote is replaced only with overwrite=True, and never a training run's own
+        (RUN/latest, RUN/best), a file, or a folder holding anything pnlm did not write."""
         from pnlm.checkpoints.checkpoint import save_checkpoint
+        from pnlm.files.outputs import CHECKPOINT, writing_output
 
         weights = self.canonical_weights()
         if self.adapters is not None:  # a plain checkpoint holds base and adapters fused
             weights = fuse(weights, self.adapters.weights, self.spec, self.adapters.lora)
-        return save_checkpoint(path, self.spec, weights, self.tokenizer, method or self.method)
+        with writing_output(path, CHECKPOINT, overwrite):
+            return save_checkpoint(path, self.spec, weights, self.tokenizer, method or self.method)
 
 
 SCORED_LOGITS = 1 << 25  # logits scored at once (128 MiB of float32)

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import struct
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -22,6 +23,7 @@ RECORD = os.environ.get("PNLM_FUZZ_RECORD")
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 MAX_GROWTH_BYTES = 512 * 1024 * 1024  # what the whole fuzz of one target may add to the process's peak memory
+MAX_SECONDS = 30.0  # what one input may take, accepted or refused
 
 absurd_numbers = st.one_of(st.integers(-2**70, 2**70), st.sampled_from([0, 1, -1, 2**31, 2**63, 10**400]),
                            st.floats(allow_nan=True, allow_infinity=True), st.booleans())
@@ -36,11 +38,13 @@ class Outcomes:
     """What a target did with its inputs: accepted, or refused with which error class."""
 
     def __init__(self, name: str) -> None:
-        self.name, self.counts = name, collections.Counter()
+        self.name, self.counts, self.slowest = name, collections.Counter(), 0.0
         self.peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def check(self, call, names: str) -> None:
-        """Run call(); it may pass, or raise a PnlmError of one line that contains `names` (a path)."""
+        """Run call(); it may pass, or raise a PnlmError of one line that contains `names` (a path); within
+        MAX_SECONDS either way (an input that hangs a reader fails)."""
+        started = time.monotonic()
         try:
             call()
         except PnlmError as exc:
@@ -50,6 +54,10 @@ class Outcomes:
             self.counts[public.__name__] += 1
         else:
             self.counts["accepted"] += 1
+        finally:
+            seconds = time.monotonic() - started
+            self.slowest = max(self.slowest, seconds)
+        assert seconds < MAX_SECONDS, f"{self.name}: one input took {seconds:.0f} s"
 
     def finish(self) -> None:
         growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.peak_before
@@ -57,7 +65,8 @@ class Outcomes:
         if RECORD:
             with open(RECORD, "a") as f:
                 f.write(json.dumps({"target": self.name, "inputs": total, "outcomes": dict(self.counts),
-                                    "peak_memory_growth_mb": round(growth / 2**20, 1)}) + "\n")
+                                    "peak_memory_growth_mb": round(growth / 2**20, 1),
+                                    "slowest_input_s": round(self.slowest, 2)}) + "\n")
         assert total >= EXAMPLES, f"{self.name}: only {total} inputs ran"
         assert growth < MAX_GROWTH_BYTES, f"{self.name}: peak memory grew by {growth / 2**20:.0f} MB"
 

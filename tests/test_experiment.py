@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pnlm.errors import InputError
+
 from conftest import MICRO_PLAN
 from pnlm.data.store import TokenStore
 from pnlm.data.subset import subset_store
@@ -174,5 +176,8 @@ def test_subset_keeps_a_train_prefix_and_whole_evaluation_splits(tmp_path, token
         assert small.num_windows(split) == source.num_windows(split)
         assert np.array_equal(small.cluster_ids(split), labels[split])
     assert TokenStore(tmp_path / "small").tokenizer().sha256 == tokenizer.sha256
-    everything = subset_store(source.path, tmp_path / "all", 10 ** 9)
+    everything = subset_store(source.path, tmp_path / "all", source.num_tokens("train"))
     assert everything.num_tokens("train") == source.num_tokens("train")
+    with pytest.raises(InputError, match="fewer than the 1,000,000,000 asked for"):  # not silently all of it
+        subset_store(source.path, tmp_path / "more", 10 ** 9)
+    assert not (tmp_path / "more").exists()

@@ -102,6 +102,70 @@ def test_fuzz_txt_reader(scratch):
     outcomes.finish()
 
 
+@st.composite
+def web_pages(draw):
+    """Pages as a hostile site serves them: broken markup, deep nesting, very long flat pages, odd encodings."""
+    kind = draw(st.integers(0, 4))
+    if kind == 0:
+        return draw(st.binary(max_size=400))
+    if kind == 1:
+        depth = draw(st.integers(1, 3000))
+        return ("<html><body>" + "<div>" * depth + "deep " * draw(st.integers(0, 50)) + "</div>" * depth).encode()
+    if kind == 2:  # flat and long, and past the cap (refused before it is parsed)
+        paragraphs = draw(st.sampled_from([0, 10, 1_000, 20_000, 200_000]))
+        return ("<html><body><article>" + "<p>A paragraph of words.</p>" * paragraphs + "</article></body></html>").encode()
+    if kind == 3:
+        text = draw(st.text(max_size=200))
+        encoding = draw(st.sampled_from(["utf-8", "latin-1", "utf-16", "cp1252"]))
+        return (f'<html><head><meta charset="{encoding}"></head><body><p>{text}</p></body></html>'
+                ).encode(encoding, errors="replace")
+    return mutate(b"<html><body><article><p>Marsh herons wade at dawn.</p></article></body></html>" * 20,
+                  draw(edits), draw(cuts))
+
+
+@st.composite
+def gzip_bombs(draw):
+    """A small file that expands far past the 16 MiB a document may take: zeros, or one repeated line."""
+    size = draw(st.sampled_from([0, 1, 1 << 20, 17 << 20, 40 << 20]))
+    unit = draw(st.sampled_from([b"\0", b"a", b"word ", b'{"text": "' + b"x" * 100 + b'"}\n']))
+    return size, unit
+
+
+def test_fuzz_html_pages(scratch):
+    outcomes = Outcomes("HTML reader (.html, .html.gz)")
+
+    @FUZZ
+    @given(page=web_pages(), gz=st.booleans(), skip_bad=st.booleans())
+    def run(page, gz, skip_bad):
+        path = scratch / ("page.html.gz" if gz else "page.html")
+        path.write_bytes(gzip.compress(page, compresslevel=1, mtime=0) if gz else page)
+        outcomes.check(lambda: read_all(path, skip_bad=skip_bad), str(path))
+
+    run()
+    outcomes.finish()
+
+
+def test_fuzz_gzip_bombs(scratch):
+    outcomes = Outcomes("compressed inputs that expand far (.txt.gz, .jsonl.gz, .md.gz)")
+
+    @FUZZ
+    @given(bomb=gzip_bombs(), suffix=st.sampled_from([".txt.gz", ".jsonl.gz", ".md.gz"]),
+           mode=st.sampled_from(["file", "blank-line"]), skip_bad=st.booleans())
+    def run(bomb, suffix, mode, skip_bad):
+        size, unit = bomb
+        path = scratch / f"bomb{suffix}"
+        with gzip.open(path, "wb", compresslevel=1) as f:
+            block = unit * ((1 << 20) // len(unit))
+            written = 0
+            while written < size:
+                f.write(block[:size - written])
+                written += len(block)
+        outcomes.check(lambda: read_all(path, txt_mode=mode, skip_bad=skip_bad), str(path))
+
+    run()
+    outcomes.finish()
+
+
 @pytest.fixture(scope="module")
 def parquet_seed():
     pa = pytest.importorskip("pyarrow")
@@ -196,6 +260,58 @@ def test_fuzz_plan_toml(scratch):
                 edited[i] = ""
             path.write_text("\n".join(edited) + "\n")
         outcomes.check(lambda: load_plan(path), str(path))
+
+    run()
+    outcomes.finish()
+
+
+PLAN_TABLES = ["", "[data]", "[models]", "[pretrain]", "[finetune]", "[distill]"]
+CONFIG_KEYS = ["steps", "step", "batch-size", "batch_size", "lr", "seed", "warmup", "eval-every", "patience",
+               "tokens", "grad-accum", "log-every", "checkpoint-every", "backend", "model", "compile", "log-to", "x"]
+
+
+def test_fuzz_plan_keys(scratch):
+    """Keys a plan does not read (typos, other tables), with any value: refused by name, never ignored."""
+    outcomes = Outcomes("experiment plan keys (TOML)")
+    smoke = (ROOT / "plans" / "smoke.toml").read_text().replace("../pnlm", str(ROOT / "pnlm"))
+
+    @FUZZ
+    @given(extra=st.lists(st.tuples(st.sampled_from(PLAN_TABLES), st.text("abcdefghijklmnopqrstuvwxyz_-", min_size=1,
+                                                                           max_size=12), toml_values), max_size=3))
+    def run(extra):
+        path = scratch / "plan.toml"
+        lines = smoke.splitlines()
+        for table, key, value in extra:
+            at = lines.index(table) + 1 if table in lines else 0
+            lines.insert(at, f"{json.dumps(key)} = {toml_value(value)}")
+        path.write_text("\n".join(lines) + "\n")
+        outcomes.check(lambda: load_plan(path), str(path))
+
+    run()
+    outcomes.finish()
+
+
+def test_fuzz_command_config_files(scratch):
+    """--config files of pretrain and finetune: any key, any value; a value of the wrong type is refused by name
+    before anything runs, a key given twice too."""
+    import typer.main
+
+    from pnlm.cli.app import app
+    from pnlm.cli.config_file import read_config
+
+    commands = typer.main.get_command(app).commands
+    outcomes = Outcomes("command --config files (TOML)")
+
+    @FUZZ
+    @given(command=st.sampled_from(["pretrain", "finetune", "distill"]), raw=st.binary(max_size=200),
+           raw_kind=st.booleans(), pairs=st.lists(st.tuples(st.sampled_from(CONFIG_KEYS), toml_values), max_size=5))
+    def run(command, raw, raw_kind, pairs):
+        path = scratch / "config.toml"
+        if raw_kind:
+            path.write_bytes(raw)
+        else:
+            path.write_text("".join(f"{json.dumps(key)} = {toml_value(value)}\n" for key, value in dict(pairs).items()))
+        outcomes.check(lambda: read_config(path, commands[command]), str(path))
 
     run()
     outcomes.finish()

@@ -91,3 +91,18 @@ def ensure_fast_blas() -> BlasStatus:
                     _status = BlasStatus(path, reason)
                     break
     return _status
+
+
+def set_threads(threads: int) -> bool:
+    """The threads the loaded BLAS uses for this thread's matrix products (MKL's mkl_set_num_threads_local,
+    OpenBLAS's openblas_set_num_threads); False where the BLAS has no such call (Accelerate, the reference)."""
+    status = ensure_fast_blas()
+    if status.library is None:
+        return False
+    library = ctypes.CDLL(status.library)
+    for name in ("mkl_set_num_threads_local", "openblas_set_num_threads"):
+        setter = getattr(library, name, None)
+        if setter is not None:
+            setter(ctypes.c_int(threads))
+            return True
+    return False

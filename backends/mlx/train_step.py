@@ -11,6 +11,7 @@ import numpy as np
 
 from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
+from pnlm.backends.mlx.blas import set_threads as set_blas_threads
 from pnlm.backends.mlx.cpu_ops import on_cpu, token_nll
 from pnlm.backends.mlx.model import Transformer
 from pnlm.model.losses import DistillSpec
@@ -153,6 +154,10 @@ class TrainStep:
 
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
+
+    def set_threads(self, threads: int) -> None:
+        if on_cpu():  # MLX's matrix products on a CPU are the BLAS's (backends/mlx/blas.py)
+            set_blas_threads(threads)
 
     def stage(self, batch: Batch, micro_batches: int = 1) -> StagedBatch:
         """The host's share of a step, in numpy (safe to run ahead on another thread; MLX arrays are made on

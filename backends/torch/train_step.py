@@ -101,6 +101,10 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def set_threads(self, threads: int) -> None:
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+
     @property
     def is_main(self) -> bool:
         """Whether this process writes checkpoints and metrics (rank 0)."""

@@ -21,6 +21,7 @@ from pnlm.clustering.ranks import Ranks, process_group
 from pnlm.data.prepare import prepare_store
 from pnlm.data.readers import TXT_MODES, ReadStats, iter_documents
 from pnlm.data.store import TokenStore
+from pnlm import values
 from pnlm.errors import InputError, PnlmError
 from pnlm.files.outputs import CLUSTERS, TOKEN_STORE, TOKENIZER, writing_output
 from pnlm.files.run_lock import output_lock
@@ -41,8 +42,9 @@ class ReadOptions:
     def documents(self, inputs: Iterable[PathLike], stats: ReadStats) -> Iterator[str]:
         if self.txt_mode not in TXT_MODES:
             raise InputError(f"--txt-mode must be one of {', '.join(TXT_MODES)}, got {self.txt_mode!r}")
-        if self.max_documents < 0:
-            raise InputError(f"--max-documents must be >= 0, got {self.max_documents}")
+        values.whole("--max-documents", self.max_documents, 0)
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise InputError(f"--text-field must name a JSONL key or Parquet column, got {self.text_field!r}")
         documents = iter_documents([Path(p) for p in inputs], text_field=self.text_field, txt_mode=self.txt_mode,
                                    skip_bad=self.skip_bad, stats=stats)
         return itertools.islice(documents, self.max_documents) if self.max_documents else documents
@@ -155,6 +157,10 @@ def cluster(store: PathLike, k: int, out: PathLike, *, tokenizer: PathLike | Non
     backend: where windows are embedded (auto: cuda with an NVIDIA GPU, mlx on Apple silicon, torch
     elsewhere); batch_size None: sized to the device; workers None: processes decoding windows ahead of a GPU.
     Under torchrun every rank calls it and embeds its share. on_progress(what, done, total) as it goes."""
+    values.seed(seed)
+    values.whole("--k", k, 1)
+    if batch_size is not None:
+        values.whole("--batch-size", batch_size, 1)
     backend = resolve_backend(backend)
     require_backend(backend)
     group = process_group()

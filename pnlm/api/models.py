@@ -17,6 +17,7 @@ from pnlm.checkpoints.adapter_checkpoint import fuse_checkpoint
 from pnlm.files.atomic import atomic_dir
 from pnlm.backend_loader import convert_to_mlx
 from pnlm.checkpoints.checkpoint import read_spec, save_checkpoint, verify_checkpoint
+from pnlm import values
 from pnlm.errors import PnlmError
 from pnlm.methods.experts import Instantiated
 from pnlm.checkpoints.hf import export_hf as write_hf, import_hf as read_hf
@@ -44,6 +45,7 @@ class InitResult:
 def init(model: PathLike, tokenizer: PathLike, out: PathLike, *, seed: int = 0, overwrite: bool = False) -> InitResult:
     """A randomly initialized checkpoint of a preset or spec.toml (weights drawn in numpy: the same seed
     gives the same model on every backend); its vocabulary is the tokenizer's."""
+    values.seed(seed)
     with writing_output(out, CHECKPOINT, overwrite, [tokenizer]):
         tok = load_tokenizer(tokenizer)
         spec = load_spec(str(model)).with_vocab(tok.vocab_size)

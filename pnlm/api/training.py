@@ -17,6 +17,7 @@ from pnlm.backend_loader import load_inference_model, make_train_step, resolve_b
 from pnlm.checkpoints.checkpoint import load_checkpoint, weights_sha256
 from pnlm.clustering.clusters import load_clusters
 from pnlm.data.store import TokenStore
+from pnlm import values
 from pnlm.errors import PnlmError
 from pnlm.methods.experts import check_labelled
 from pnlm.inference import LogitsScorer, read_model, refuse_projected
@@ -59,8 +60,7 @@ def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", meth
                    continuing=resume or method == "mix", lock=method != "mix")
     store = TokenStore(data, verify=main_process())  # every file hashed once, not once per rank
     spec = load_spec(model).with_vocab(store.vocab_size)
-    if store.context > spec.context:
-        raise PnlmError(f"{data}: windows of {store.context} tokens exceed the model's context of {spec.context}")
+    store.check_context(spec.context, f"--model {model}")
     total = steps_for(steps, tokens, batch_size, store.context)
     config = TrainConfig(steps=total, batch_size=batch_size, micro_batches=grad_accum, optimizer=OptimizerSpec(lr=lr),
                          warmup_steps=min(1000, total // 10) if warmup is None else warmup,
@@ -109,6 +109,7 @@ def finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, backe
     store = TokenStore(data, verify=main_process())
     if store.tokenizer_sha256 != base.tokenizer.sha256:
         raise PnlmError(f"{data}: prepared with another tokenizer than {checkpoint}'s")
+    store.check_context(base.spec.context, str(checkpoint))
     if lora_rank and from_scratch:
         raise PnlmError("--lora-rank adapts a pretrained model; --from-scratch trains every weight: choose one")
     config = TrainConfig(steps=steps, batch_size=batch_size, micro_batches=grad_accum,
@@ -171,6 +172,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | list[str | Path], *, spl
     from pnlm.training.unigram import fit_unigram  # only needed with unigram
 
     stores = [data] if isinstance(data, (str, Path)) else list(data)
+    values.whole("--batch-size", batch_size, 1)
     ckpt = read_model(checkpoint)
     backend = resolve_backend(backend, mlx_only=ckpt.quantized is not None)
     baseline = None
@@ -193,6 +195,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | list[str | Path], *, spl
         store = TokenStore(path)
         if store.tokenizer_sha256 != ckpt.tokenizer.sha256:
             raise PnlmError(f"{path}: prepared with another tokenizer than {checkpoint}'s")
+        store.check_context(ckpt.spec.context, str(checkpoint))
         nll, count = evaluate_split(step_fn, store, split, batch_size)
         domains[store.name] = DomainPerplexity(math.exp(nll), nll, count)
         if baseline is not None:

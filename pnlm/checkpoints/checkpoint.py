@@ -22,6 +22,7 @@ import numpy as np
 
 from pnlm.files.atomic import atomic_dir
 from pnlm.errors import CheckpointError, PnlmError
+from pnlm.files.run_lock import writer_of
 from pnlm.files.json_object import read_json_object
 from pnlm.model.spec import ModelSpec
 from pnlm.tokenizer import TOKENIZER_FILE_SETS, Tokenizer, file_sha256, load_tokenizer, tokenizer_file_names, tokenizer_sha256
@@ -122,8 +123,19 @@ def checkpoint_kind(path: str | Path) -> str:
 
 
 def verify_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
-    """Check the manifest's sha256 of every file; return the parsed config.json."""
-    path = Path(path)
+    """Check the manifest's sha256 of every file; return the parsed config.json. A checkpoint that fails the
+    check while another pnlm process is writing it is reported as being written, not as damaged."""
+    try:
+        return _verified(Path(path), kind)
+    except CheckpointError:
+        holder = writer_of(path)
+        if holder is not None:
+            raise CheckpointError(f"{path}: being written by another pnlm process ({holder}); read it once that "
+                                  "is done") from None
+        raise
+
+
+def _verified(path: Path, kind: str) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     manifest = read_json(path / MANIFEST_FILE)

@@ -1,21 +1,13 @@
 """What the embedder reads of each window: its tokens decoded to text with the store's tokenizer, then
 tokenized by the embedder's own tokenizer (truncated at its max_seq_length, as sentence-transformers
-does), made ahead of the model in worker processes so that a GPU never waits on either tokenizer.
-
-A worker is started with `spawn` (never a fork of a process that holds a CUDA context or thread pools)
-and opens the store, the store's tokenizer and the embedder's tokenizer once. A worker that dies (out
-of memory, killed) is seen at once: the stream raises, it does not hang.
+does), made ahead of the model in worker processes (pnlm/data/workers.py) so that a GPU never waits on either
+tokenizer. A worker opens the store, the store's tokenizer and the embedder's tokenizer once.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import signal
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from pnlm.data.store import TokenStore
-from pnlm.errors import BackendError, InputError, PnlmError
+from pnlm.data.workers import WorkerDied, ordered_map
+from pnlm.errors import BackendError, InputError
 from pnlm.tokenizer import Tokenizer, load_tokenizer
 
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -97,46 +90,22 @@ def _opened(features: WindowFeatures) -> tuple[TokenStore, Tokenizer, EmbedderTo
     return _OPENED[features]
 
 
-def _worker_call(features: WindowFeatures, split: str, begin: int, end: int) -> list[np.ndarray]:
-    return features(split, begin, end)
-
-
-def _worker_start() -> None:
-    """A worker leaves Ctrl-C and SIGTERM to the process it works for (torchrun stops a rank's whole
-    process group): that process says why it stops, then ends its workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def feature_stream(features: WindowFeatures, split: str, ranges: Iterable[tuple[Any, int, int]],
                    workers: int) -> Iterator[tuple[Any, list[np.ndarray]]]:
     """(key, features) for each (key, begin, end) of ranges, in their order: made here (workers=0) or by
-    that many worker processes, up to two ranges a worker ahead of the consumer."""
+    that many worker processes (pnlm/data/workers.py), up to two ranges a worker ahead of the consumer."""
     if workers < 0:
         raise InputError(f"--workers must be 0 (decode in this process) or more, got {workers}")
     if workers == 0:
         for key, begin, end in ranges:
             yield key, features(split, begin, end)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
-    ahead: deque = deque()
-    pending = iter(ranges)
+    keyed = list(ranges)
     try:
-        for key, begin, end in pending:
-            ahead.append((key, pool.submit(_worker_call, features, split, begin, end)))
-            if len(ahead) >= 2 * workers:
-                break
-        while ahead:
-            key, future = ahead.popleft()
-            result = future.result()
-            following = next(pending, None)
-            if following is not None:
-                ahead.append((following[0], pool.submit(_worker_call, features, split, *following[1:])))
+        results = ordered_map(features, ((split, begin, end) for _, begin, end in keyed), workers,
+                              "decoding windows for the embedder")
+        for (key, _, _), result in zip(keyed, results):
             yield key, result
-    except BrokenProcessPool:
-        raise PnlmError("a worker decoding windows for the embedder died (out of memory, or killed); the chunks "
-                        "embedded so far are kept: run the same command again, perhaps with fewer --workers") from None
-    finally:
-        for _, future in ahead:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+    except WorkerDied as died:
+        raise WorkerDied(f"{died}; the chunks embedded so far are kept: run the same command again, perhaps "
+                         "with fewer --workers") from None

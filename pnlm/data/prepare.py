@@ -7,9 +7,7 @@ stays bounded by a few chunks whatever the corpus size.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,11 +18,13 @@ import numpy as np
 
 from pnlm.files.atomic import atomic_dir
 from pnlm.data.readers import ReadStats
+from pnlm.data.workers import WorkerDied, ordered_map
 from pnlm.data.store import FORMAT, SPLITS, VERSION, TokenStore, token_dtype, window_bounds, write_meta
 from pnlm.errors import InputError
 from pnlm.tokenizer import Tokenizer, load_tokenizer
 
 CHUNK_DOCUMENTS = 64
+CHUNK_CHARACTERS = 4 << 20
 
 
 def split_of(text: str, valid_fraction: float, test_fraction: float) -> str:
@@ -61,22 +61,29 @@ def _init_worker(tokenizer_path: str) -> None:
 def _encode_chunk(texts: list[str], valid_fraction: float, test_fraction: float) -> list[tuple[str, np.ndarray]]:
     """(split, [BOS] + ids + [EOS]) for each document, in order."""
     assert _worker_tokenizer is not None
-    ids = _worker_tokenizer.encode_batch(texts)
+    ids = _worker_tokenizer.encode_batch(texts)  # Python ints: the chunk's size bounds them (_chunks)
     bos, eos = _worker_tokenizer.bos_id, _worker_tokenizer.eos_id
     return [(split_of(text, valid_fraction, test_fraction), np.array([bos, *doc, eos], dtype=np.uint32))
             for text, doc in zip(texts, ids)]
 
 
 def _chunks(documents: Iterable[str], stats: PrepareStats) -> Iterator[list[str]]:
+    """Documents in chunks of at most CHUNK_DOCUMENTS of them and CHUNK_CHARACTERS of text (a document
+    longer than that alone): what a worker holds while it tokenizes, about 36 bytes a token."""
     chunk: list[str] = []
+    size = 0
     for text in documents:
         if not text.strip():
             stats.empty_documents += 1
             continue
+        if chunk and size + len(text) > CHUNK_CHARACTERS:
+            yield chunk
+            chunk, size = [], 0
         chunk.append(text)
+        size += len(text)
         if len(chunk) == CHUNK_DOCUMENTS:
             yield chunk
-            chunk = []
+            chunk, size = [], 0
     if chunk:
         yield chunk
 
@@ -132,23 +139,31 @@ def prepare_store(documents: Iterable[str], tokenizer: Tokenizer, out: str | Pat
     start = time.perf_counter()
     with atomic_dir(out) as folder:
         writers = {split: _SplitWriter(folder, split, dtype, context) for split in SPLITS}
-        chunks = _chunks(documents, stats)
-        encode = functools.partial(_encode_chunk, valid_fraction=valid_fraction, test_fraction=test_fraction)
-        # imap keeps the order of documents and reads ahead only as fast as the workers consume.
-        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer.path),)) as pool:
-            for encoded in pool.imap(encode, chunks, chunksize=1):
+        chunks = ((chunk, valid_fraction, test_fraction) for chunk in _chunks(documents, stats))
+        try:
+            # In the documents' order, a few chunks a worker ahead: memory stays bounded however fast they come.
+            for encoded in ordered_map(_encode_chunk, chunks, workers, "tokenizing documents", _init_worker,
+                                       (str(tokenizer.path),)):
                 for split, tokens in encoded:
                     stats.documents[split] += 1
                     stats.tokens[split] += len(tokens)
                     stats.windows[split] += writers[split].add(tokens)
                 if on_progress:
                     on_progress(sum(stats.documents.values()), stats.total_tokens)
+        except WorkerDied as died:
+            raise WorkerDied(f"{died}; no store was written: run the command again, perhaps with fewer --workers"
+                             ) from None
         for writer in writers.values():
             writer.close()
         if read_stats is not None:
             stats.empty_documents += read_stats.empty
         if not sum(stats.documents.values()):
-            raise InputError(f"no documents to prepare ({stats.empty_documents} empty ones skipped)")
+            skipped = [f"{stats.empty_documents} empty ones skipped"]
+            if read_stats is not None and read_stats.bad:
+                skipped.append(f"{read_stats.bad} bad records skipped")
+            if read_stats is not None and read_stats.bad_files:
+                skipped.append(f"{len(read_stats.bad_files)} files skipped, the first: {read_stats.bad_files[0]}")
+            raise InputError(f"no documents to prepare ({'; '.join(skipped)})")
         stats.seconds = time.perf_counter() - start
         meta = {
             "format": FORMAT, "version": VERSION, "tokenizer_sha256": tokenizer.sha256,

@@ -38,7 +38,13 @@ from pnlm.data.parquet import first_names, pyarrow_parquet, read_parquet
 from pnlm.errors import InputError
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
-MAX_DOCUMENT_BYTES = 1024 * 1024 * 1024  # a whole .txt file, or a paragraph, read as one document
+# The most text pnlm tokenizes as one document (a .txt file, a paragraph, a JSONL record): 16 MiB, some
+# 4,000 pages. Read no further than that, a longer one is refused by name (or skipped with skip_bad), so a
+# small compressed file that expands to gigabytes costs 16 MiB, not gigabytes (docs/data.md).
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+# A web page's bytes: trafilatura's time grows faster than the page (4 MB of flat HTML: 8 s on this CPU).
+MAX_HTML_BYTES = 4 * 1024 * 1024
+HTML_MAX_DEPTH = 256  # what libxml2 parses without XML_PARSE_HUGE; deeper elements would be cut off
 TXT_MODES = ("file", "blank-line")
 TxtMode = Literal["file", "blank-line"]
 
@@ -144,8 +150,8 @@ def _read_all(path: Path) -> str:
         except (OSError, EOFError, zlib.error) as exc:
             raise _unreadable(path, exc) from None
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise InputError(f"{path}: longer than {MAX_DOCUMENT_BYTES} bytes (1 GiB) as one document; "
-                         f"read it by paragraphs (--txt-mode blank-line)")
+        raise InputError(f"{path}: longer than {MAX_DOCUMENT_BYTES:,} bytes (16 MiB), the most pnlm reads as one "
+                         f"document; read it by paragraphs (--txt-mode blank-line), or split it")
     skip = len(_BOM) if data.startswith(_BOM) else 0
     try:
         return data[skip:].decode("utf-8")
@@ -170,6 +176,9 @@ def _jsonl_text(line: _Line, field: str) -> str:
         got = f"no field \"{field}\" (fields: {first_names(record)})"
     elif not isinstance(record[field], str):
         got = f"\"{field}\" of type {type(record[field]).__name__}"
+    elif len(record[field]) > MAX_DOCUMENT_BYTES:
+        raise _BadRecord(f"{line.path}:{line.number}: a document of {len(record[field]):,} characters, more than the "
+                         f"{MAX_DOCUMENT_BYTES:,} (16 MiB) pnlm tokenizes as one; split it, or skip it (--skip-bad)")
     else:
         return record[field]
     raise _BadRecord(f"{line.path}:{line.number}: expected an object with a string field \"{field}\", got {got}")
@@ -199,7 +208,8 @@ def _paragraphs(path: Path) -> Iterator[str]:
         if text.strip():
             size += len(line.raw)
             if size > MAX_DOCUMENT_BYTES:
-                raise InputError(f"{path}:{line.number}: paragraph longer than {MAX_DOCUMENT_BYTES} bytes (1 GiB)")
+                raise InputError(f"{path}:{line.number}: a paragraph longer than {MAX_DOCUMENT_BYTES:,} bytes (16 MiB), "
+                                 "the most pnlm reads as one document; split it")
             paragraph.append(text)
         elif paragraph:
             yield "".join(paragraph).rstrip("\r\n")
@@ -219,12 +229,34 @@ def _read_html(path: Path, opts: _Options) -> Iterator[str]:
     trafilatura = _trafilatura(path)
     with _open_binary(path) as f:  # bytes: trafilatura reads the page's own encoding (many are not UTF-8)
         try:
-            page = f.read(MAX_DOCUMENT_BYTES + 1)
+            page = f.read(MAX_HTML_BYTES + 1)
         except (OSError, EOFError, zlib.error) as exc:
             raise _unreadable(path, exc) from None
-    if len(page) > MAX_DOCUMENT_BYTES:
-        raise InputError(f"{path}: longer than {MAX_DOCUMENT_BYTES} bytes (1 GiB); not a web page")
-    yield trafilatura.extract(page, include_comments=False, include_tables=True) or ""
+    if len(page) > MAX_HTML_BYTES:
+        raise InputError(f"{path}: a page of more than {MAX_HTML_BYTES:,} bytes (4 MiB), the most pnlm extracts "
+                         "text from (the extraction's time grows faster than the page); save its text as .txt")
+    _check_html_depth(path, page)
+    try:
+        yield trafilatura.extract(page, include_comments=False, include_tables=True) or ""
+    except Exception as exc:  # lxml's and trafilatura's own errors, whatever their kind: one line naming the page
+        raise InputError(f"{path}: its text could not be extracted ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else 'no message'})") from None
+
+
+def _check_html_depth(path: Path, page: bytes) -> None:
+    """Refuse a page nested deeper than the HTML parser goes: it would cut the rest of the page off, silently."""
+    try:
+        from lxml import etree
+    except ImportError:
+        return
+    parser = etree.HTMLParser()
+    try:
+        etree.fromstring(page, parser)
+    except (etree.LxmlError, ValueError):
+        return  # not parseable at all: trafilatura says so, or finds nothing
+    if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
+        raise InputError(f"{path}: elements nested more than {HTML_MAX_DEPTH} deep, where the HTML parser stops "
+                         "(the rest of the page would be lost); not read")
 
 
 def _trafilatura(path: Path):
@@ -287,6 +319,9 @@ def expand_inputs(paths: Iterable[str | Path], stats: ReadStats | None = None) -
         elif glob.has_magic(str(raw)):
             found = sorted(Path(p) for p in glob.glob(str(raw), recursive=True) if Path(p).is_file())
             where = f"{raw}: the pattern matches no file of a type pnlm reads ({_known_formats()})"
+        elif path.exists():  # a FIFO, a device (/dev/zero), a socket: nothing pnlm reads as a corpus
+            raise InputError(f"{path}: not a regular file or a folder (a pipe or a device?); give files of "
+                             f"{_known_formats()}, or folders of them")
         else:
             raise InputError(f"{path}: no such file or folder")
         readable = [p for p in found if _format_of(p) is not None]

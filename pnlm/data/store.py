@@ -162,6 +162,12 @@ class TokenStore:
     def context(self) -> int:
         return int(self.meta["context"])
 
+    def check_context(self, context: int, model: str) -> None:
+        """Refuse a model whose context is shorter than the store's windows (positions it has never seen)."""
+        if self.context > context:
+            raise InputError(f"{self.path}: windows of {self.context} tokens exceed the context of {model} "
+                             f"({context} tokens); prepare the store with --context {context} or less")
+
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])

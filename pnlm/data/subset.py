@@ -30,9 +30,12 @@ def train_prefix_windows(store: TokenStore, train_tokens: int) -> int:
 
 def subset_store(source: str | Path, out: str | Path, train_tokens: int) -> TokenStore:
     """Write to out a copy of source whose train split holds its first ~train_tokens tokens."""
-    if train_tokens < 1:
-        raise InputError(f"a subset needs at least 1 train token, got {train_tokens}")
+    if isinstance(train_tokens, bool) or not isinstance(train_tokens, int) or train_tokens < 1:
+        raise InputError(f"a subset needs a whole number of train tokens, at least 1, got {train_tokens!r}")
     store = TokenStore(source)
+    if train_tokens > store.num_tokens("train"):
+        raise InputError(f"{source}: its train split has {store.num_tokens('train'):,} tokens, fewer than the "
+                         f"{train_tokens:,} asked for; ask for at most that many (an experiment plan: domain_tokens)")
     count = train_prefix_windows(store, train_tokens)
     index = np.asarray(store.window_index("train")[:count])
     tokens = np.concatenate([store.window("train", i) for i in range(count)]).astype(store.dtype)

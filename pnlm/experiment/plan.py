@@ -41,6 +41,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,18 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullm
 
 class PlanError(PnlmError):
     pass
+
+
+# Every key a plan may have, by table (an empty set: a value, not a table).
+KEYS: dict[str, set[str]] = {
+    "name": set(), "methods": set(), "backend": set(), "finetune_backend": set(), "seed": set(),
+    "data": {"generic", "tokenizer_inputs", "generic_max_documents", "domain_max_documents", "vocab_size", "context",
+             "clusters", "domain_tokens", "valid_fraction", "test_fraction", "domains"},
+    "models": {"slm", "llm", "pn"},
+    "pretrain": {"budgets", "batch_size", "lr", "checkpoint_every"},
+    "finetune": {"steps", "batch_size", "lr", "eval_every", "patience"},
+    "distill": {"alpha", "temperature"},
+}
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,8 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
             raise self.fail(key, f"a {kind.__name__}", value)
+        if kind is float and not math.isfinite(value):
+            raise self.fail(key, "a finite number", value)
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.fail(key, f"a value in [{low}, {high}]", value)
         return value
@@ -201,7 +217,19 @@ class _Reader:
         except SpecError as exc:
             raise PlanError(str(exc)) from None
 
+    def known(self, table: dict[str, Any], where: str, keys: set[str]) -> None:
+        """Refuse a key the plan does not read (a typo would otherwise leave a default in its place)."""
+        for key in table:
+            if key not in keys:
+                close = difflib.get_close_matches(key, sorted(keys), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; the keys are {', '.join(sorted(keys))}"
+                raise PlanError(f"{self.path}: unknown key {where}{key!r}{hint}")
+
     def plan(self) -> Plan:
+        self.known(self.data, "", set(KEYS))
+        for table, keys in KEYS.items():
+            if keys and isinstance(self.data.get(table), dict):
+                self.known(self.data[table], f"[{table}] ", keys)
         name = self.get(self.data, "name", str)
         if not NAME.fullmatch(name):
             raise self.fail("name", "letters, digits, '.', '_' or '-' (at most 64)", name)

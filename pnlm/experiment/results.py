@@ -46,6 +46,8 @@ def read_csv(path: Path, types: dict[str, type], required: bool = True) -> list[
                     raise PnlmError(f"{path}: line {line}: column {column}: expected {kind.__name__}, got {text!r}") from None
                 if kind is float and not math.isfinite(row[column]):
                     raise PnlmError(f"{path}: line {line}: column {column}: expected a finite number, got {text!r}")
+                if kind in (int, float) and row[column] < 0:  # counts, costs, perplexities: none is negative
+                    raise PnlmError(f"{path}: line {line}: column {column}: expected a number >= 0, got {text!r}")
             rows.append(row)
     return rows
 

@@ -36,6 +36,7 @@ _MARKS = (
     (EXPERIMENT, "plan.json", None),
 )
 _RUN_ENTRIES = {"latest", "best", "metrics.jsonl", "mix.json", "teacher-cache"}
+RUN_STATE_FILE = "trainer.json"  # beside a run checkpoint's weights (pnlm.checkpoints.checkpoint.TRAINER_FILE)
 # Hidden names pnlm leaves, beside a killed writer's temporaries (pnlm.files.atomic): locks (pnlm.files.run_lock); and Finder's litter.
 _OWN_HIDDEN = {".DS_Store"}
 
@@ -58,6 +59,12 @@ def output_kind(folder: str | Path) -> str | None:
     if any(entry.name in _RUN_ENTRIES or entry.name.startswith("expert-") for entry in folder.iterdir()):
         return RUN
     return None
+
+
+def is_run_checkpoint(folder: Path) -> bool:
+    """A training run's own checkpoint (its latest/ or best/, with the trainer state beside the weights)."""
+    return (folder / RUN_STATE_FILE).is_file() or (folder.name in ("latest", "best")
+                                                   and output_kind(folder.parent) == RUN)
 
 
 def _entries(folder: Path) -> set[str]:
@@ -124,6 +131,9 @@ def check_output(out: str | Path, kind: str, replace: bool = False, inputs: Iter
                         f"(or empty that folder yourself)")
     if found != kind:
         raise PnlmError(f"{out}: holds a pnlm {found}, not a {kind}; choose another --out")
+    if kind == CHECKPOINT and is_run_checkpoint(out):
+        raise PnlmError(f"{out}: is the checkpoint of the training run {out.parent} (what its --resume continues "
+                        "from); pnlm will not replace it: choose another --out")
     if not replace:
         hint = "pass --resume to continue it" if kind == RUN else "pass --overwrite to replace it"
         raise PnlmError(f"{out}: holds a pnlm {kind} already; {hint}, or choose another --out")

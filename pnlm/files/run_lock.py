@@ -129,6 +129,27 @@ def _gone(holder: str) -> bool:
     return not process_alive(int(parts[1]))
 
 
+def writer_of(path: str | Path) -> str | None:
+    """Who holds the lock of the output at path, or of the run folder it lies in (RUN/latest), when another
+    process does: a reader that finds the output torn asks, so that it can say "being written" rather than
+    "corrupted". Creates nothing."""
+    path = Path(path)
+    for lock in (path.parent / f".{path.name}{LOCK_FILE}", path.parent / LOCK_FILE, path / LOCK_FILE):
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _take(fd):
+                continue
+            holder = " ".join(os.pread(fd, 200, 0).decode("utf-8", "replace").split()) or "another process"
+            if holder.split()[:2] != ["pid", str(os.getpid())]:
+                return holder
+        finally:
+            os.close(fd)
+    return None
+
+
 def unlock_run(folder: str | Path) -> None:
     fd = _held.pop(Path(folder).resolve(), None)
     if fd is not None:

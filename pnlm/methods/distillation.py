@@ -166,6 +166,7 @@ def distill(teacher: str | Path, student: str | Path, data: str | Path, out: str
     for path, ckpt in ((teacher, teacher_ckpt), (student, student_ckpt)):
         if ckpt.tokenizer.sha256 != store.tokenizer_sha256:
             raise PnlmError(f"{data}: prepared with another tokenizer than {path}'s")
+        store.check_context(ckpt.spec.context, str(path))
     config = TrainConfig(steps=steps, batch_size=batch_size, optimizer=OptimizerSpec(lr=lr), cosine=False,
                          eval_every=eval_every, eval_batches=eval_batches, patience=patience if early_stop else 0,
                          checkpoint_every=checkpoint_every, log_every=default_log_every(log_every, backend),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pnlm import values
 from pnlm.errors import PnlmError
 
 
@@ -16,10 +17,10 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
-            raise PnlmError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise PnlmError(f"top_p must be in (0, 1], got {self.top_p}")
+        values.real("temperature", self.temperature, 0.0)
+        values.real("top_p", self.top_p, 0.0, 1.0, above=True)
+        if self.seed is not None:
+            values.seed(self.seed)
 
 
 class TokenSampler:

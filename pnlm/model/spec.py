@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pnlm import values
 from pnlm.errors import SpecError
 from pnlm.files.toml_file import read_toml
 
@@ -218,6 +219,16 @@ class OptimizerSpec:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 5.0
+
+    def validate(self) -> "OptimizerSpec":
+        """A learning rate above 0 (gradient descent, not ascent), every setting finite and in range."""
+        values.real("--lr", self.lr, 0.0, above=True)
+        values.real("beta1", self.beta1, 0.0, 1.0)
+        values.real("beta2", self.beta2, 0.0, 1.0)
+        values.real("eps", self.eps, 0.0, above=True)
+        values.real("weight decay", self.weight_decay, 0.0)
+        values.real("clip norm", self.clip_norm, 0.0, above=True)
+        return self
 
 
 PROJECTION_KEYS = {field.name for field in dataclasses.fields(Projection)}

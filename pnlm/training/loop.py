@@ -33,7 +33,9 @@ from typing import Any
 
 
 from pnlm.files.atomic import atomic_file, sweep
+from pnlm.cpu_threads import following
 from pnlm.training.cost import cost_record
+from pnlm import values
 from pnlm.errors import PnlmError
 from pnlm.training.memory import peak_memory_record
 from pnlm.checkpoints.run_identity import check_same_run
@@ -71,13 +73,23 @@ class TrainConfig:
         return -(-self.batch_size // self.micro_batches)
 
     def validate(self) -> "TrainConfig":
-        if self.steps < 1 or self.batch_size < 1:
-            raise PnlmError(f"steps and batch size must be at least 1, got {self.steps} and {self.batch_size}")
-        if not 1 <= self.micro_batches <= self.batch_size:
+        """Every setting of the right type and in range (pnlm.values), whether from flags, a --config file, a
+        plan or a Python call: one line naming the setting."""
+        values.whole("--steps", self.steps, 1)
+        values.whole("--batch-size", self.batch_size, 1)
+        values.whole("--grad-accum", self.micro_batches, 1)
+        if self.micro_batches > self.batch_size:
             raise PnlmError(f"gradient accumulation needs 1 to {self.batch_size} (the batch size) micro-batches, "
                             f"got {self.micro_batches}")
-        if self.log_every < 1:
-            raise PnlmError(f"log_every must be at least 1, got {self.log_every}")
+        self.optimizer.validate()
+        values.whole("--warmup", self.warmup_steps, 0)
+        values.real("the schedule's floor (min_lr_ratio)", self.min_lr_ratio, 0.0, 1.0)
+        values.whole("--eval-every", self.eval_every, 0)
+        values.whole("--eval-batches", self.eval_batches, 0)
+        values.whole("--patience", self.patience, 0)
+        values.whole("--checkpoint-every", self.checkpoint_every, 0)
+        values.whole("--log-every", self.log_every, 1)
+        values.seed(self.seed)
         if self.patience and not self.eval_every:
             raise PnlmError("early stopping (patience) needs evaluations: set eval_every")
         return self
@@ -157,6 +169,7 @@ def _train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: Path, write
 
     # A teacher's soft targets run a model: made on this thread, not ahead.
     depth = 0 if getattr(batches, "teacher", None) is not None else PREFETCH_DEPTH
+    cores = following() if step_fn.device_name == "cpu" and step_fn.devices == 1 else None
     start = time.perf_counter() - state["elapsed_s"]
     stopped_early, loss = False, math.nan
     pending: list[Any] = []  # the losses of the steps since the last log step, on the device
@@ -182,6 +195,10 @@ def _train(step_fn: Any, batches: Any, config: TrainConfig, run_dir: Path, write
             record = {"step": state["step"], "loss": loss, "lr": lr, "tokens": state["tokens"],
                       "tokens_per_s": state["tokens"] / max(state["elapsed_s"], 1e-9), "elapsed_s": state["elapsed_s"],
                       **costs(), **peak_memory_record(step_fn.peak_device_bytes)}
+            if cores is not None:  # a CPU run follows the cores other work leaves it (pnlm/cpu_threads.py)
+                if (threads := cores.update()) is not None:
+                    step_fn.set_threads(threads)
+                record["cpu_threads"] = cores.threads
             if evaluating_now:
                 val_loss, _ = evaluate(step_fn, store, "valid", config.batch_size, config.eval_batches,
                                        batches.sampler)
@@ -215,7 +232,10 @@ def _checked_losses(step_fn: Any, losses: list[Any], last_step: int, latest: Pat
     for offset, value in enumerate(values):
         if not math.isfinite(value):
             step = last_step - len(values) + offset + 1
-            raise PnlmError(f"loss is {value} at step {step}; the last good checkpoint is {latest}")
+            kept = (f"the last good checkpoint is {latest}" if (latest / "manifest.json").is_file()
+                    else "no checkpoint was saved before it")
+            raise PnlmError(f"loss is {value} at step {step} (a learning rate too high, or data the model cannot "
+                            f"fit?); {kept}")
     return values[-1]
 
 

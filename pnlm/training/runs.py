@@ -17,6 +17,7 @@ from pnlm.backend_loader import make_train_step
 from pnlm.checkpoints.checkpoint import ModelWriter
 from pnlm.training.cost import train_flops_per_token
 from pnlm.data.samplers import UniformSampler
+from pnlm import values
 from pnlm.errors import PnlmError
 from pnlm.training.memory import check_fits, peak_memory_record, training_estimate
 from pnlm.files.outputs import RUN, check_output
@@ -82,7 +83,10 @@ def steps_for(steps: int | None, tokens: int | None, batch_size: int, context: i
     """A number of steps, given as such or as a token budget."""
     if (steps is None) == (tokens is None):
         raise PnlmError("give --steps or --tokens (one of them)")
-    return steps if steps is not None else max(1, math.ceil(tokens / (batch_size * context)))
+    if steps is not None:
+        return values.whole("--steps", steps, 1)
+    values.whole("--batch-size", batch_size, 1)
+    return max(1, math.ceil(values.whole("--tokens", tokens, 1) / (batch_size * context)))
 
 
 def default_precision(precision: str | None, backend: str) -> str:

@@ -55,6 +55,10 @@ class TrainStep(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
+    def set_threads(self, threads: int) -> None:
+        """On a CPU, how many threads the step's matrix products use from now on (a run following the free
+        cores, pnlm/cpu_threads.py); nothing on a GPU."""
+
     def canonical_weights(self) -> dict[str, np.ndarray]: ...
 
     def load_canonical(self, weights: dict[str, np.ndarray]) -> None: ...
