@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -350,7 +351,7 @@ def test_a_loss_that_turns_nan_stops_at_its_step_and_keeps_the_last_checkpoint(w
     assert result.returncode != 0 and "Traceback" not in result.stderr
     message = result.stderr.strip()
     assert "loss is" in message and "at step" in message and str(run / "latest") in message
-    step = int(message.split("at step ")[1].split(";")[0])
+    step = int(re.search(r"at step (\d+)\b", message).group(1))
     trainer = json.loads((run / "latest" / "trainer.json").read_text())
     assert trainer["step"] == step - 1
     verify_checkpoint(run / "latest")
