@@ -126,8 +126,9 @@ def web_pages(draw):
 @st.composite
 def gzip_bombs(draw):
     """A small file that expands far past the 16 MiB a document may take: zeros, or one repeated line."""
-    size = draw(st.sampled_from([0, 1, 1 << 20, 17 << 20, 40 << 20]))
-    unit = draw(st.sampled_from([b"\0", b"a", b"word ", b'{"text": "' + b"x" * 100 + b'"}\n']))
+    size = draw(st.one_of(st.sampled_from([0, 1, 1 << 20, 17 << 20, 40 << 20]), st.integers(0, 24 << 20)))
+    unit = draw(st.one_of(st.sampled_from([b"\0", b"a", b"word ", b"\n\n", b'{"text": "' + b"x" * 100 + b'"}\n']),
+                          st.binary(min_size=1, max_size=12)))
     return size, unit
 
 

@@ -348,16 +348,29 @@ def test_advise_refuses_results_with_negative_costs(tmp_path):
             "costs.csv: line 2: column generic_device_hours")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_output_is_exit_status_2(work, tokenizer, tmp_path):
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder no one may write into: for root (CI), a tmpfs mounted read-only, which root cannot write either;
+    for anyone else, a folder without its write bit."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        result = cli("init", "--model", "tiny", "--tokenizer", tokenizer.path.parent, "--out", locked / "ckpt")
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    finally:
+    if os.geteuid() != 0:
+        locked.chmod(0o500)
+        yield locked
         locked.chmod(0o700)
+        return
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"root writes into read-only folders, and no read-only tmpfs could be mounted: {made.stderr!r}")
+    yield locked
+    subprocess.run(["umount", str(locked)], check=True)
+
+
+def test_a_read_only_output_is_exit_status_2(work, tokenizer, read_only_folder):
+    result = cli("init", "--model", "tiny", "--tokenizer", tokenizer.path.parent, "--out", read_only_folder / "ckpt")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr, result.stderr
+    assert not any(read_only_folder.iterdir())
 
 
 # --- 11: a long CPU run follows the cores other work leaves it ----------------------------------------------
