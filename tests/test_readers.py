@@ -337,3 +337,34 @@ def test_stats_add_up_across_files_and_formats(tmp_path):
     paths[2].write_text("c1\n\nc2\n")
     assert read(paths, txt_mode="blank-line", skip_bad=True, stats=stats) == ["a", "b", "c1", "c2"]
     assert (stats.documents, stats.empty, stats.bad) == (4, 2, 1)
+
+
+# --- inputs that expand to millions of lines ------------------------------------------------------
+
+@pytest.mark.parametrize("name, mode", [("notes.txt.gz", "blank-line"), ("records.jsonl.gz", "file")])
+def test_runs_of_blank_lines_keep_every_line_number(tmp_path, name, mode):
+    """Blank lines are passed over a run at a time, and what follows them keeps its exact line number."""
+    path = tmp_path / name
+    first = b'{"text": "first"}' if name.endswith("jsonl.gz") else b"first"
+    path.write_bytes(gzip.compress(first + b"\n" + b"\n \t\r\n" * 300_000 + b"\xff second\n"))
+    offset = len(first) + 1 + 5 * 300_000
+    assert str(path) in raises(rf":600002: invalid UTF-8 byte 0xff at byte offset {offset} of the decompressed data",
+                               path, txt_mode=mode)
+
+
+def test_paragraphs_are_the_lines_between_blank_ones_whatever_their_white_space(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes("\ufeff\n\n  one\r\nline two\r\n \t\n\u00a0\nthree\n\u3000\n\nfour é".encode())
+    assert read(path, txt_mode="blank-line") == ["  one\r\nline two", "three", "four é"]
+
+
+def test_a_jsonl_file_of_mostly_bad_records_is_refused_whole_under_skip_bad(tmp_path):
+    """--skip-bad skips bad records, but a file whose bad records outnumber its documents 10 to 1 (past 1,000 of
+    them) is not a file of documents: refused by name at once, not read to its end a record at a time."""
+    stats = ReadStats()
+    mostly_bad = write_jsonl(tmp_path / "bad.jsonl", ['{"text": "kept"}'] + ["x"] * 2_000)
+    some_bad = write_jsonl(tmp_path / "ok.jsonl", ['{"text": "a"}', '{"text": "b"}'] * 100 + ["x"] * 1_500)
+    assert read([mostly_bad, some_bad], skip_bad=True, stats=stats) == ["kept"] + ["a", "b"] * 100
+    assert stats.bad == 1_001 + 1_500
+    assert len(stats.bad_files) == 1 and stats.bad_files[0].startswith(f"{mostly_bad}:1002: 1,001 bad records and 1 good")
+    assert str(mostly_bad) in raises(r":2: not valid JSON", mostly_bad)  # without --skip-bad, the first bad one

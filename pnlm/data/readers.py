@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ TXT_MODES = ("file", "blank-line")
 TxtMode = Literal["file", "blank-line"]
 
 _BOM = b"\xef\xbb\xbf"
+_BLOCK_BYTES = 1 << 20
+_BLANK_RUN = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")  # blank lines (white space as bytes.strip() sees it) up to the last newline
+# With skip_bad, a JSONL file whose bad records outnumber its documents by this much, past the first 1,000 bad
+# ones, is not a file of documents: it is refused whole instead of read to its end a record at a time.
+_BAD_RECORDS_PER_DOCUMENT, _BAD_RECORDS_ALLOWED = 10, 1000
+_PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\x0b\x0c\n]*\n")  # the end of a line, then one or more blank ones
 
 
 @dataclass
@@ -125,22 +132,52 @@ class _Line(NamedTuple):
             raise _invalid_utf8(self.path, self.number, self.offset + exc.start, self.raw[exc.start]) from None
 
 
+def _blocks(path: Path, size: int, lines_read: Callable[[], int]) -> Iterator[bytes]:
+    """The file's bytes, decompressed, a piece of at most `size` at a time, each given as soon as it is read
+    (a damaged gzip gives what precedes the damage first); the first piece is its first 3 bytes (a BOM, or
+    not), the last one b"". A read error is one line naming the file and the lines read before it."""
+    with _open_binary(path) as f:
+        try:
+            yield f.read(len(_BOM))
+            while block := f.read1(size):
+                yield block
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _unreadable(path, exc, lines_read()) from None
+    yield b""
+
+
 def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
     """Lines split at b"\\n" (a UTF-8 multi-byte character never contains that byte), so a bad byte
-    can be located exactly. With `limit`, a line is cut after `limit` bytes: the caller checks."""
-    with _open_binary(path) as f:
-        number, offset = 0, 0
-        while True:
-            try:
-                raw = f.readline(limit)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise _unreadable(path, exc, number) from None
-            if not raw:
-                return
+    can be located exactly. With `limit`, a line is cut after `limit` bytes: the caller checks.
+
+    Read a block at a time, and a run of blank lines (ASCII white space only) comes out as one blank line,
+    its numbers counted over: a file of millions of empty lines (a gzip of a few KB can hold them) costs
+    what its size costs, not a Python step a line; every caller takes one blank line as it takes many."""
+    number, offset, data, first = 0, 0, b"", True  # lines and bytes before `data`
+    for block in _blocks(path, _BLOCK_BYTES if limit < 0 else min(_BLOCK_BYTES, limit), lambda: number):
+        if first and block == _BOM:
+            first, offset = False, len(_BOM)
+            continue
+        first = False
+        data += block
+        pos = 0
+        while pos < len(data):
+            if blank := _BLANK_RUN.match(data, pos):
+                yield _Line(path, number + 1, offset + pos, b"\n")
+                number += data.count(b"\n", pos, blank.end())
+                pos = blank.end()
+                continue
+            end = data.find(b"\n", pos)
+            if end < 0 and block and (limit < 0 or len(data) - pos <= limit):
+                break  # the rest of this line comes with the next block
+            stop = len(data) if end < 0 else end + 1
+            if 0 <= limit < stop - pos:
+                stop = pos + limit
             number += 1
-            skip = len(_BOM) if number == 1 and raw.startswith(_BOM) else 0
-            yield _Line(path, number, offset + skip, raw[skip:])
-            offset += len(raw)
+            yield _Line(path, number, offset + pos, data[pos:stop])
+            pos = stop
+        offset += pos
+        data = data[pos:]
 
 
 def _read_all(path: Path) -> str:
@@ -185,6 +222,7 @@ def _jsonl_text(line: _Line, field: str) -> str:
 
 
 def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
+    bad = good = 0
     for line in _lines(path, MAX_LINE_BYTES + 1):
         if len(line.raw) > MAX_LINE_BYTES:
             raise InputError(f"{path}:{line.number}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
@@ -194,28 +232,67 @@ def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
             text = _jsonl_text(line, opts.text_field)
         except _BadRecord as problem:
             opts.reject(problem)
+            bad += 1
+            if bad > _BAD_RECORDS_ALLOWED and bad > _BAD_RECORDS_PER_DOCUMENT * good:
+                raise InputError(f"{path}:{line.number}: {bad:,} bad records and {good:,} good ones so far: not a "
+                                 f"JSONL file of documents (first problem: {problem})") from None
             continue
+        good += 1
         yield text
 
 
-def _paragraphs(path: Path) -> Iterator[str]:
-    paragraph: list[str] = []
-    size = 0
-    for line in _lines(path, MAX_LINE_BYTES + 1):
-        if len(line.raw) > MAX_LINE_BYTES:
-            raise InputError(f"{path}:{line.number}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
-        text = line.decode()
-        if text.strip():
-            size += len(line.raw)
-            if size > MAX_DOCUMENT_BYTES:
-                raise InputError(f"{path}:{line.number}: a paragraph longer than {MAX_DOCUMENT_BYTES:,} bytes (16 MiB), "
+def _paragraph_bytes(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """Each run of non-blank lines between blank ones (ASCII white space), as (its first line's number, its
+    offset, its bytes), found a block at a time: no Python step a line. One longer than a document may be
+    is refused as soon as it is, by the line where it passes the bound."""
+    number, offset, data, first = 1, 0, b"", True  # the line and the byte at which `data` starts
+    scan = 0  # no paragraph break starts before this in `data` (all before it was searched)
+    for block in _blocks(path, _BLOCK_BYTES, lambda: number - 1):
+        if first and block == _BOM:
+            first, offset = False, len(_BOM)
+            continue
+        first = False
+        data += block if block else b"\n"  # at the end, a last line without its newline gets one
+        pos = 0
+        while True:
+            if blank := _BLANK_RUN.match(data, pos):  # blank lines before a paragraph
+                number += data.count(b"\n", pos, blank.end())
+                pos = blank.end()
+            found = _PARAGRAPH_BREAK.search(data, max(pos, scan))
+            end = found.start() + 1 if found else -1 if block else len(data)
+            if (end if end >= 0 else len(data)) - pos > MAX_DOCUMENT_BYTES:
+                line = number + data.count(b"\n", pos, pos + MAX_DOCUMENT_BYTES)
+                raise InputError(f"{path}:{line}: a paragraph longer than {MAX_DOCUMENT_BYTES:,} bytes (16 MiB), "
                                  "the most pnlm reads as one document; split it")
-            paragraph.append(text)
-        elif paragraph:
-            yield "".join(paragraph).rstrip("\r\n")
-            paragraph, size = [], 0
-    if paragraph:
-        yield "".join(paragraph).rstrip("\r\n")
+            if end <= pos:
+                break
+            yield number, offset + pos, data[pos:end]
+            number += data.count(b"\n", pos, end)
+            pos = end
+        offset += pos
+        data = data[pos:]
+        scan = max(data.rfind(b"\n"), 0)  # a break not found yet starts at the last newline or after it
+
+
+def _paragraphs(path: Path) -> Iterator[str]:
+    for number, offset, raw in _paragraph_bytes(path):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _invalid_utf8(path, number + raw.count(b"\n", 0, exc.start), offset + exc.start,
+                                raw[exc.start]) from None
+        if text.isascii():
+            yield text.rstrip("\r\n")
+            continue
+        paragraph: list[str] = []  # lines of other white space only (U+00A0, U+3000...) part paragraphs too
+        for line in text.split("\n"):
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                yield "\n".join(paragraph).rstrip("\r\n")
+                paragraph = []
+        if paragraph:
+            yield "\n".join(paragraph).rstrip("\r\n")
 
 
 def _read_txt(path: Path, opts: _Options) -> Iterator[str]:
