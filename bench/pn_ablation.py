@@ -80,7 +80,9 @@ def runs(args: argparse.Namespace) -> list[dict]:
                     grid.append({"arm": arm, "method": method, "batches": batches, "similarity": similarity,
                                  "lr": lr, "seed": seed, "steps": budget,
                                  "name": f"{slug(arm)}-lr{lr:g}-s{seed}-{budget}"})
-    return sorted(grid, key=lambda run: -run["steps"])
+    # Longest first; within a budget the cells to compare side by side together (the --ablation-lr first, seed
+    # by seed, every arm), so that a grid stopped part way has its closest comparisons done.
+    return sorted(grid, key=lambda run: (-run["steps"], run["lr"] != args.ablation_lr, run["seed"], run["lr"]))
 
 
 def eval_every(steps: int, evals: int) -> int:
