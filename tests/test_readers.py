@@ -366,5 +366,5 @@ def test_a_jsonl_file_of_mostly_bad_records_is_refused_whole_under_skip_bad(tmp_
     some_bad = write_jsonl(tmp_path / "ok.jsonl", ['{"text": "a"}', '{"text": "b"}'] * 100 + ["x"] * 1_500)
     assert read([mostly_bad, some_bad], skip_bad=True, stats=stats) == ["kept"] + ["a", "b"] * 100
     assert stats.bad == 1_001 + 1_500
-    assert len(stats.bad_files) == 1 and stats.bad_files[0].startswith(f"{mostly_bad}:1002: 1,001 bad records and 1 good")
+    assert len(stats.bad_files) == 1 and stats.bad_files[0].startswith(f"{mostly_bad}:1002: 1,001 bad records and 1 good ones up to here")
     assert str(mostly_bad) in raises(r":2: not valid JSON", mostly_bad)  # without --skip-bad, the first bad one

@@ -50,12 +50,13 @@ TXT_MODES = ("file", "blank-line")
 TxtMode = Literal["file", "blank-line"]
 
 _BOM = b"\xef\xbb\xbf"
-_BLOCK_BYTES = 1 << 20
+_PIECE_BYTES = 1 << 16  # read at a time; a damaged gzip loses at most this much of what precedes the damage
 _BLANK_RUN = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")  # blank lines (white space as bytes.strip() sees it) up to the last newline
-# With skip_bad, a JSONL file whose bad records outnumber its documents by this much, past the first 1,000 bad
-# ones, is not a file of documents: it is refused whole instead of read to its end a record at a time.
+# With skip_bad, a JSONL file whose bad records outnumber its documents by this much at any line past its first
+# 1,000 bad ones is not a file of documents: it is refused whole instead of read to its end a record at a time.
 _BAD_RECORDS_PER_DOCUMENT, _BAD_RECORDS_ALLOWED = 10, 1000
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\x0b\x0c\n]*\n")  # the end of a line, then one or more blank ones
+_ASCII_SPACE_ODD = re.compile("[\x1c-\x1f]")  # white space to str.strip() (not to bytes.strip())
 
 
 @dataclass
@@ -134,8 +135,9 @@ class _Line(NamedTuple):
 
 def _blocks(path: Path, size: int, lines_read: Callable[[], int]) -> Iterator[bytes]:
     """The file's bytes, decompressed, a piece of at most `size` at a time, each given as soon as it is read
-    (a damaged gzip gives what precedes the damage first); the first piece is its first 3 bytes (a BOM, or
-    not), the last one b"". A read error is one line naming the file and the lines read before it."""
+    (a damaged gzip gives what precedes the damage, but for the piece being read); the first piece is its
+    first 3 bytes (a BOM, or not), the last one b"". A read error is one line naming the file and the lines
+    read before it."""
     with _open_binary(path) as f:
         try:
             yield f.read(len(_BOM))
@@ -150,17 +152,24 @@ def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
     """Lines split at b"\\n" (a UTF-8 multi-byte character never contains that byte), so a bad byte
     can be located exactly. With `limit`, a line is cut after `limit` bytes: the caller checks.
 
-    Read a block at a time, and a run of blank lines (ASCII white space only) comes out as one blank line,
+    Read a piece at a time, and a run of blank lines (ASCII white space only) comes out as one blank line,
     its numbers counted over: a file of millions of empty lines (a gzip of a few KB can hold them) costs
     what its size costs, not a Python step a line; every caller takes one blank line as it takes many."""
-    number, offset, data, first = 0, 0, b"", True  # lines and bytes before `data`
-    for block in _blocks(path, _BLOCK_BYTES if limit < 0 else min(_BLOCK_BYTES, limit), lambda: number):
-        if first and block == _BOM:
-            first, offset = False, len(_BOM)
+    number, offset, first = 0, 0, True  # the lines before the line begun, and its offset
+    begun: list[bytes] = []  # the line begun and not yet ended, in pieces (joined once it ends: no quadratic copy)
+    length = 0  # of the line begun
+    for block in _blocks(path, _PIECE_BYTES if limit < 0 else min(_PIECE_BYTES, limit), lambda: number):
+        if first:
+            first = False
+            if block == _BOM:
+                offset = len(_BOM)
+                continue
+        if block and b"\n" not in block and (limit < 0 or length + len(block) <= limit):
+            begun.append(block)
+            length += len(block)
             continue
-        first = False
-        data += block
-        pos = 0
+        data = b"".join([*begun, block]) if begun else block
+        begun, pos = [], 0  # its pieces freed: a long line is held once
         while pos < len(data):
             if blank := _BLANK_RUN.match(data, pos):
                 yield _Line(path, number + 1, offset + pos, b"\n")
@@ -169,7 +178,7 @@ def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
                 continue
             end = data.find(b"\n", pos)
             if end < 0 and block and (limit < 0 or len(data) - pos <= limit):
-                break  # the rest of this line comes with the next block
+                break  # the rest of this line comes with the next pieces
             stop = len(data) if end < 0 else end + 1
             if 0 <= limit < stop - pos:
                 stop = pos + limit
@@ -177,7 +186,7 @@ def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
             yield _Line(path, number, offset + pos, data[pos:stop])
             pos = stop
         offset += pos
-        data = data[pos:]
+        begun, length = ([data[pos:]], len(data) - pos) if pos < len(data) else ([], 0)
 
 
 def _read_all(path: Path) -> str:
@@ -223,6 +232,7 @@ def _jsonl_text(line: _Line, field: str) -> str:
 
 def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
     bad = good = 0
+    first_problem: _BadRecord | None = None
     for line in _lines(path, MAX_LINE_BYTES + 1):
         if len(line.raw) > MAX_LINE_BYTES:
             raise InputError(f"{path}:{line.number}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
@@ -233,9 +243,10 @@ def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
         except _BadRecord as problem:
             opts.reject(problem)
             bad += 1
+            first_problem = problem if bad == 1 else first_problem
             if bad > _BAD_RECORDS_ALLOWED and bad > _BAD_RECORDS_PER_DOCUMENT * good:
-                raise InputError(f"{path}:{line.number}: {bad:,} bad records and {good:,} good ones so far: not a "
-                                 f"JSONL file of documents (first problem: {problem})") from None
+                raise InputError(f"{path}:{line.number}: {bad:,} bad records and {good:,} good ones up to here: not "
+                                 f"a JSONL file of documents (the first bad one: {first_problem})") from None
             continue
         good += 1
         yield text
@@ -243,27 +254,51 @@ def _read_jsonl(path: Path, opts: _Options) -> Iterator[str]:
 
 def _paragraph_bytes(path: Path) -> Iterator[tuple[int, int, bytes]]:
     """Each run of non-blank lines between blank ones (ASCII white space), as (its first line's number, its
-    offset, its bytes), found a block at a time: no Python step a line. One longer than a document may be
-    is refused as soon as it is, by the line where it passes the bound."""
-    number, offset, data, first = 1, 0, b"", True  # the line and the byte at which `data` starts
-    scan = 0  # no paragraph break starts before this in `data` (all before it was searched)
-    for block in _blocks(path, _BLOCK_BYTES, lambda: number - 1):
-        if first and block == _BOM:
-            first, offset = False, len(_BOM)
+    offset, its bytes), found a piece at a time: no Python step a line. As a line at a time would: a line
+    longer than MAX_LINE_BYTES is refused, and so is a paragraph whose lines add up to more than a document
+    may be, by the line where it passes the bound (lines of other white space, U+00A0 or U+3000, part
+    paragraphs in _paragraphs, after this bound)."""
+    number, offset, first = 1, 0, True  # the line and the byte at which `data` starts
+    data, scan = b"", 0  # no paragraph break starts before `scan` in `data` (all before it was searched)
+    begun: list[bytes] = []  # pieces without a newline, after `data`
+    length = 0  # of the line begun: `data` after its last newline, and the pieces
+    for block in _blocks(path, _PIECE_BYTES, lambda: number - 1 + data.count(b"\n")):
+        if first:
+            first = False
+            if block == _BOM:
+                offset = len(_BOM)
+                continue
+        if block and b"\n" not in block:
+            begun.append(block)
+            length += len(block)
+            if length > MAX_LINE_BYTES:
+                line = number + data.count(b"\n")
+                raise InputError(f"{path}:{line}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
             continue
-        first = False
-        data += block if block else b"\n"  # at the end, a last line without its newline gets one
-        pos = 0
+        data = b"".join([data, *begun, block])
+        begun, at_end, pos = [], not block, 0  # the pieces freed: a long line is held once
         while True:
             if blank := _BLANK_RUN.match(data, pos):  # blank lines before a paragraph
                 number += data.count(b"\n", pos, blank.end())
                 pos = blank.end()
             found = _PARAGRAPH_BREAK.search(data, max(pos, scan))
-            end = found.start() + 1 if found else -1 if block else len(data)
-            if (end if end >= 0 else len(data)) - pos > MAX_DOCUMENT_BYTES:
+            if found:
+                end = found.start() + 1
+            elif at_end:  # the last paragraph, less a last line of white space only
+                last = max(data.rfind(b"\n", pos) + 1, pos)
+                end = len(data) if data[last:].strip() else last
+            else:  # the lines ended so far
+                end = max(data.rfind(b"\n", pos) + 1, pos)
+            if end - pos > MAX_DOCUMENT_BYTES:
                 line = number + data.count(b"\n", pos, pos + MAX_DOCUMENT_BYTES)
                 raise InputError(f"{path}:{line}: a paragraph longer than {MAX_DOCUMENT_BYTES:,} bytes (16 MiB), "
                                  "the most pnlm reads as one document; split it")
+            if not found and not at_end:
+                length = len(data) - end
+                if length > MAX_LINE_BYTES:
+                    line = number + data.count(b"\n", pos, end)
+                    raise InputError(f"{path}:{line}: line longer than {MAX_LINE_BYTES} bytes (64 MiB)")
+                break
             if end <= pos:
                 break
             yield number, offset + pos, data[pos:end]
@@ -281,10 +316,10 @@ def _paragraphs(path: Path) -> Iterator[str]:
         except UnicodeDecodeError as exc:
             raise _invalid_utf8(path, number + raw.count(b"\n", 0, exc.start), offset + exc.start,
                                 raw[exc.start]) from None
-        if text.isascii():
+        if text.isascii() and not _ASCII_SPACE_ODD.search(text):
             yield text.rstrip("\r\n")
             continue
-        paragraph: list[str] = []  # lines of other white space only (U+00A0, U+3000...) part paragraphs too
+        paragraph: list[str] = []  # lines of other white space only (U+00A0, U+3000, U+001C...) part paragraphs too
         for line in text.split("\n"):
             if line.strip():
                 paragraph.append(line)
