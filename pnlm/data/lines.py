@@ -22,7 +22,8 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
 _PIECE_BYTES = 1 << 16  # read at a time; a damaged gzip loses at most this much of what precedes the damage
-_BLANK_RUN = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")  # blank lines (white space as bytes.strip() sees it) up to the last newline
+# Blank lines (white space as bytes.strip() sees it), up to the last newline of the run.
+_BLANK_RUN = re.compile(rb"[ \t\r\x0b\x0c\n]*\n")
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\x0b\x0c\n]*\n")  # the end of a line, then one or more blank ones
 _ASCII_SPACE_ODD = re.compile("[\x1c-\x1f]")  # white space to str.strip() (not to bytes.strip())
 
@@ -125,12 +126,17 @@ def _lines(path: Path, limit: int = -1) -> Iterator[_Line]:
         begun, length = ([data[pos:]], len(data) - pos) if pos < len(data) else ([], 0)
 
 
-def _read_all(path: Path) -> str:
+def _read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of the file, decompressed (all of it if shorter); a read error is one line."""
     with _open_binary(path) as f:
         try:
-            data = f.read(MAX_DOCUMENT_BYTES + 1)
+            return f.read(size)
         except (OSError, EOFError, zlib.error) as exc:
             raise _unreadable(path, exc) from None
+
+
+def _read_all(path: Path) -> str:
+    data = _read_head(path, MAX_DOCUMENT_BYTES + 1)
     if len(data) > MAX_DOCUMENT_BYTES:
         raise InputError(f"{path}: longer than {MAX_DOCUMENT_BYTES:,} bytes (16 MiB), the most pnlm reads as one "
                          f"document; read it by paragraphs (--txt-mode blank-line), or split it")

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import glob
 import json
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pnlm.data.lines import (MAX_DOCUMENT_BYTES, MAX_LINE_BYTES, _BadRecord, _is_gz, _Line, _lines, _open_binary,
-                             _paragraphs, _read_all, _unreadable)
+from pnlm.data.lines import (MAX_DOCUMENT_BYTES, MAX_LINE_BYTES, _BadRecord, _is_gz, _Line, _lines, _paragraphs,
+                             _read_all, _read_head)
 from pnlm.data.parquet import first_names, pyarrow_parquet, read_parquet
 from pnlm.errors import InputError
 
@@ -136,11 +135,7 @@ def _read_txt(path: Path, opts: _Options) -> Iterator[str]:
 
 def _read_html(path: Path, opts: _Options) -> Iterator[str]:
     trafilatura = _trafilatura(path)
-    with _open_binary(path) as f:  # bytes: trafilatura reads the page's own encoding (many are not UTF-8)
-        try:
-            page = f.read(MAX_HTML_BYTES + 1)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise _unreadable(path, exc) from None
+    page = _read_head(path, MAX_HTML_BYTES + 1)  # bytes: trafilatura reads the page's own encoding (many are not UTF-8)
     if len(page) > MAX_HTML_BYTES:
         raise InputError(f"{path}: a page of more than {MAX_HTML_BYTES:,} bytes (4 MiB), the most pnlm extracts "
                          "text from (the extraction's time grows faster than the page); save its text as .txt")
