@@ -12,7 +12,7 @@ from pnlm.cli.options import OVERWRITE
 
 
 def init(
-    model: str = typer.Option(..., "--model", help="A preset (tiny, slm-126m, llm-771m) or a spec.toml."),
+    model: str = typer.Option(..., "--model", help="A preset (tiny, small, llm-small, slm-126m, llm-771m) or a spec.toml."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer folder from `pnlm data tokenizer`; sets the vocabulary."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     seed: int = typer.Option(0, "--seed", help="The same seed gives the same weights on every backend."),
