@@ -1,7 +1,11 @@
-"""Benchmark: projected-network pretraining tokens/s ÷ SLM pretraining tokens/s at the same inference size.
+"""Benchmark: projected-network (and soup-of-experts) pretraining tokens/s ÷ SLM pretraining tokens/s at the
+same inference size.
 
-    python bench/pn_throughput.py [--model tiny] [--projections 4,8,4:4,16,4] [--batches mixed]
+    python bench/pn_throughput.py [--model tiny] [--projections 4,8,4:4,16,4] [--soups 4,8] [--batches mixed]
                                   [--backends torch,mlx] [--steps 40] [--rounds 3] [--json OUT]
+
+A soup (--soups banks,k: the model's MLPs in `banks` banks over k clusters) draws its batches as
+`pnlm pretrain --method soup` does: each step's domain weights h, its rows from the clusters in proportions h.
 
 Both run through the loop (pnlm/training/loop.py) on the sample books (2,048-piece tokenizer, context 256,
 batch 8). The PN draws the SLM's batches and sends each row through its own cluster's expert
@@ -52,9 +56,13 @@ def measure(backend: str, spec: dict, store_path: str, steps: int, batch_size: i
     sampler = None
     if spec.projection is not None:
         sampler = (RoutedSampler if batches == "mixed" else ClusterSampler)(store, batch_size, 0, spec.projection.k)
+    if spec.soup is not None:
+        from pnlm.methods.soup import SoupSampler
+
+        sampler = SoupSampler(store, batch_size, 0, spec.soup)
     step_fn = make_train_step(backend, spec, init_weights(spec, 0), config.optimizer)
-    run_training(step_fn, spec, store.tokenizer(), store, config, run, False, "pn" if spec.projection else "slm",
-                 sampler=sampler)
+    method = "pn" if spec.projection else "soup" if spec.soup else "slm"
+    run_training(step_fn, spec, store.tokenizer(), store, config, run, False, method, sampler=sampler)
     return tokens_per_s(Path(run))
 
 
@@ -62,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--projections", default="4,8,4:4,16,4", help="h,k,m of each PN, separated by ':'")
+    parser.add_argument("--soups", default="", help="banks,k of each soup of experts, separated by ':'")
     parser.add_argument("--batches", default="mixed", choices=["mixed", "one-cluster"])
     parser.add_argument("--backends", default="torch,mlx")
     parser.add_argument("--steps", type=int, default=40)
@@ -78,13 +87,16 @@ def main() -> None:
     import pnlm
     from pnlm.data import iter_documents
     from pnlm.data.prepare import prepare_store
-    from pnlm.model.spec import Projection, load_spec
+    from pnlm.model.spec import Projection, Soup, load_spec
     from pnlm.tokenizer import train_tokenizer
 
-    projections = [Projection(*map(int, p.split(","))) for p in args.projections.split(":")]
+    projections = [Projection(*map(int, p.split(","))) for p in filter(None, args.projections.split(":"))]
+    soups = [Soup(*map(int, s.split(","))) for s in filter(None, args.soups.split(":"))]
     backends = args.backends.split(",")
     samples = sorted(str(p) for p in (Path(pnlm.__file__).parent / "sample_data").glob("*.jsonl.gz"))
-    names = ["slm"] + [f"pn h={p.h} k={p.k} m={p.m}" for p in projections]
+    names = (["slm"] + [f"pn h={p.h} k={p.k} m={p.m}" for p in projections]
+             + [f"soup n={s.banks} k={s.k}" for s in soups])
+    variants = [None] + projections + soups
     results = {backend: {name: [] for name in names} for backend in backends}
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,16 +104,21 @@ def main() -> None:
         tokenizer = train_tokenizer(iter_documents(samples), 2048, tmp / "tok")
         store = prepare_store(iter_documents(samples), tokenizer, tmp / "store", context=256,
                               valid_fraction=0.0, test_fraction=0.0, workers=1)[0]
-        k_max = max(p.k for p in projections)
+        k_max = max([p.k for p in projections] + [s.k for s in soups] + [1])
         labels = np.random.default_rng(0).integers(0, k_max, store.num_windows("train")).astype(np.int32)
         slm = load_spec(args.model).with_vocab(tokenizer.vocab_size)
         for round_ in range(args.rounds):
             for backend in backends:
-                for name, projection in zip(names, [None] + projections):
-                    spec = slm if projection is None else dataclasses.replace(slm, projection=projection).validate()
-                    if projection is not None:  # labels 0..k-1 of this PN's k
-                        store.write_cluster_ids({"train": labels % projection.k},
-                                                {"k": projection.k, "centroids_sha256": f"random {projection.k}"})
+                for name, variant in zip(names, variants):
+                    if variant is None:
+                        spec = slm
+                    elif isinstance(variant, Projection):
+                        spec = dataclasses.replace(slm, projection=variant).validate()
+                    else:
+                        spec = dataclasses.replace(slm, soup=variant).validate()
+                    if variant is not None:  # labels 0..k-1 of this model's k
+                        store.write_cluster_ids({"train": labels % variant.k},
+                                                {"k": variant.k, "centroids_sha256": f"random {variant.k}"})
                     run = tmp / f"{backend}-{round_}-{names.index(name)}"
                     with spawn.Pool(1) as pool:
                         rate = pool.apply(measure, (backend, spec.to_dict(), str(store.path), args.steps,

@@ -83,6 +83,9 @@ def refuse_projected(spec: ModelSpec, path: str | Path) -> None:
     if spec.projection is not None:
         raise PnlmError(f"{path}: a projected network of {spec.projection.k} experts; make one of them a plain "
                         f"model first: pnlm instantiate {path} --domain STORE --out CKPT (or --expert INDEX)")
+    if spec.soup is not None:
+        raise PnlmError(f"{path}: a soup of experts over {spec.soup.k} clusters; make the model of a domain a plain "
+                        f"one first: pnlm instantiate {path} --domain STORE --out CKPT")
 
 
 class InferenceModel(abc.ABC):

@@ -6,6 +6,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pnlm.backends.mlx  # noqa: E402,F401  (loads the optimized BLAS before anything imports mlx.core)
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -122,3 +123,26 @@ def micro_run_inputs(root, capsys, monkeypatch, document=None) -> tuple:
                           "--out", store)[0] == 0
     model.write_text(MICRO_MODEL)
     return tok, store, model
+
+
+def numbers(n, seed):
+    rng = np.random.default_rng(seed)
+    return ["\n".join(" ".join(map(str, rng.integers(0, 10**6, 10))) for _ in range(8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, tokenizer):
+    """A generic store of prose and numbers in 2 clusters, and a domain of numbers labelled with them (the methods
+    built on clusters: tests/test_cluster_methods.py, tests/test_soup.py)."""
+    from pnlm.clustering import assign_clusters, fit_clusters
+    from pnlm.data.prepare import prepare_store
+
+    root = tmp_path_factory.mktemp("experts")
+    prose = list(iter_documents(SAMPLE_DATA[:1]))[:20]
+    generic = prepare_store(prose + numbers(20, seed=0), tokenizer, root / "generic", context=64,
+                            valid_fraction=0.15, test_fraction=0.1, workers=1)[0]
+    fit_clusters(generic, None, 2, root / "clusters")
+    domain = prepare_store(numbers(12, seed=1), tokenizer, root / "domain", context=64, valid_fraction=0.25,
+                           test_fraction=0.25, workers=1)[0]
+    assign_clusters(domain, None, root / "clusters", all_splits=True)
+    return generic, domain, root / "clusters"

@@ -11,35 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_DATA, kill_after_first_checkpoint
+from conftest import kill_after_first_checkpoint
 from pnlm.checkpoints.checkpoint import load_checkpoint
-from pnlm.clustering import assign_clusters, fit_clusters
-from pnlm.data import iter_documents
-from pnlm.data.prepare import prepare_store
 from pnlm.data.samplers import RoutedSampler, UniformSampler
 
 
 def pnlm_cli(*args):
     return subprocess.run([sys.executable, "-m", "pnlm.cli", *map(str, args)], capture_output=True, text=True)
-
-
-def numbers(n, seed):
-    rng = np.random.default_rng(seed)
-    return ["\n".join(" ".join(map(str, rng.integers(0, 10**6, 10))) for _ in range(8)) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tokenizer):
-    """A generic store of prose and numbers in 2 clusters, and a domain of numbers labelled with them."""
-    root = tmp_path_factory.mktemp("experts")
-    prose = list(iter_documents(SAMPLE_DATA[:1]))[:20]
-    generic = prepare_store(prose + numbers(20, seed=0), tokenizer, root / "generic", context=64,
-                            valid_fraction=0.15, test_fraction=0.1, workers=1)[0]
-    fit_clusters(generic, None, 2, root / "clusters")
-    domain = prepare_store(numbers(12, seed=1), tokenizer, root / "domain", context=64, valid_fraction=0.25,
-                           test_fraction=0.25, workers=1)[0]
-    assign_clusters(domain, None, root / "clusters", all_splits=True)
-    return generic, domain, root / "clusters"
 
 
 def test_pn_pretrain_instantiate_finetune_evaluate(tmp_path, corpus):

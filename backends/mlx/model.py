@@ -14,6 +14,7 @@ from pnlm.backends.mlx.cpu_ops import masked_softmax, on_cpu, silu
 from pnlm.model.lora import ADAPTER_SUFFIXES
 from pnlm.model.projection import group_rows
 from pnlm.model.rope import inverse_frequencies
+from pnlm.backends.mlx.soup import SoupCoefficients, SoupMLP
 from pnlm.model.spec import ModelSpec
 
 
@@ -194,7 +195,7 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.self_attn = Attention(spec)
         self.post_attention_layernorm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
-        self.mlp = MLP(spec) if spec.projection is None else ProjectedMLP(spec)
+        self.mlp = ProjectedMLP(spec) if spec.projection else SoupMLP(spec) if spec.soup else MLP(spec)
 
     def __call__(self, x: mx.array, cache: KVCache | None, layer: int, routing: Routing | None = None) -> mx.array:
         x = x + self.self_attn(self.input_layernorm(x), cache, layer)
@@ -209,6 +210,8 @@ class TransformerBody(nn.Module):
         self.norm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
         if spec.projection is not None:
             self.expert_embedding = mx.zeros((spec.projection.k, spec.projection.m))
+        if spec.soup is not None:
+            self.soup = SoupCoefficients(spec)
 
     def __call__(self, tokens: mx.array, cache: KVCache | None = None, expert=None) -> mx.array:
         """expert (projected networks): an expert index (int or 0-d array), an expert vector (m,) of floats,
@@ -218,6 +221,10 @@ class TransformerBody(nn.Module):
             if expert is None:
                 raise ValueError("a projected network needs an expert (index, vector or one index per row)")
             routing = Routing.of(self.expert_embedding, expert)
+        elif "soup" in self:  # a soup of experts: expert is the domain weights h (k,) of every row's model
+            if expert is None:
+                raise ValueError("a soup of experts needs domain weights h over its clusters")
+            routing = self.soup(expert[0] if isinstance(expert, tuple) else expert)  # (h, unused) from a step
         x = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
             x = layer(x, cache, i, routing)

@@ -13,6 +13,7 @@ from torch import nn
 from pnlm.backends.torch.cross_entropy import linear_cross_entropy
 from pnlm.model.lora import ADAPTER_SUFFIXES
 from pnlm.model.rope import scaled_frequencies
+from pnlm.backends.torch.soup import SoupCoefficients, SoupMLP
 from pnlm.model.spec import ModelSpec
 
 
@@ -211,7 +212,7 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = RMSNorm(spec.d_model, spec.norm_eps)
         self.self_attn = Attention(spec)
         self.post_attention_layernorm = RMSNorm(spec.d_model, spec.norm_eps)
-        self.mlp = MLP(spec) if spec.projection is None else ProjectedMLP(spec)
+        self.mlp = ProjectedMLP(spec) if spec.projection else SoupMLP(spec) if spec.soup else MLP(spec)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cache: KVCache | None, layer: int,
                 routing: Routing | None = None) -> torch.Tensor:
@@ -228,15 +229,22 @@ class TransformerBody(nn.Module):
         self.rope = RotaryEmbedding(spec)
         if spec.projection is not None:
             self.expert_embedding = nn.Parameter(torch.empty(spec.projection.k, spec.projection.m))
+        if spec.soup is not None:
+            self.soup = SoupCoefficients(spec)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, expert=None) -> torch.Tensor:
         """expert (projected networks): an expert index (int or 0-d tensor), an expert vector (m,) of
-        floats, or one expert index per row (batch,) of integers."""
+        floats, or one expert index per row (batch,) of integers; (a soup of experts) the domain weights h (k,)
+        of the model every row goes through."""
         routing = None
         if hasattr(self, "expert_embedding"):
             if expert is None:
                 raise ValueError("a projected network needs an expert (index, vector or one index per row)")
             routing = Routing.of(self.expert_embedding, expert)
+        elif hasattr(self, "soup"):
+            if expert is None:
+                raise ValueError("a soup of experts needs domain weights h over its clusters")
+            routing = self.soup(expert)
         x = self.embed_tokens(tokens)
         device = x.device.type
         if torch.is_autocast_enabled(device):  # the residual stream in the compute dtype, as every block's output

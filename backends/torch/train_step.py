@@ -19,7 +19,7 @@ from pnlm.model.losses import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.training.batches import Batch, micro_batch_rows
 from pnlm.training.step import batch_arrays, check_precision
-from pnlm.model.projection import rows_by_expert
+from pnlm.model.projection import is_model_vector, rows_by_expert
 from pnlm.model.spec import OptimizerSpec
 
 
@@ -131,7 +131,7 @@ class TrainStep:
         if self.world_size > 1:
             rows = rank_rows(len(inputs), self.rank, self.world_size)
             inputs, targets, mask = inputs[rows], targets[rows], mask[rows]
-            expert = expert[rows] if expert is not None and np.ndim(expert) else expert
+            expert = expert[rows] if np.ndim(expert) and not is_model_vector(expert) else expert
             soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
         bounds = [(int(r[0]), int(r[-1]) + 1) for r in micro_batch_rows(len(inputs), micro_batches)] if len(
             inputs) else [(0, 0)]  # a rank without rows of a small evaluation batch still takes part (FSDP)

@@ -22,7 +22,7 @@ from pnlm.errors import PnlmError
 from pnlm.methods.experts import Instantiated
 from pnlm.checkpoints.hf import export_hf as write_hf, import_hf as read_hf
 from pnlm.training.memory import check_fits, init_estimate
-from pnlm.methods import mixture, projected
+from pnlm.methods import mixture, projected, soup
 from pnlm.files.outputs import ADAPTER, CHECKPOINT, writing_output
 from pnlm.checkpoints.peft_adapters import read_peft, write_peft
 from pnlm.model.spec import ModelSpec, load_spec
@@ -70,12 +70,13 @@ class InstantiateResult:
 
 def instantiate(run: PathLike, out: PathLike, *, domain: PathLike | None = None, expert: str | int = "auto",
                 overwrite: bool = False) -> InstantiateResult:
-    """The plain SLM a domain gets from a projected-network or hard-mixture run, written as an ordinary
-    checkpoint to fine-tune: expert "auto" (the domain's most frequent cluster), an index, or "histogram"
-    (a projected network's experts mixed by the domain's histogram, E_p = p @ E)."""
+    """The plain SLM a domain gets from a projected-network, hard-mixture or soup run, written as an ordinary
+    checkpoint to fine-tune: expert "auto" (the domain's most frequent cluster; a soup: its histogram's
+    model), an index, or "histogram" (a projected network's experts mixed by the domain's histogram, E_p = p @ E;
+    a soup's model for the histogram)."""
     run = Path(run)
     with writing_output(out, CHECKPOINT, overwrite, [run, domain]):
-        module = mixture if (run / mixture.MIX_FILE).is_file() else projected
+        module = mixture if (run / mixture.MIX_FILE).is_file() else soup if soup.is_soup_run(run) else projected
         chosen = module.instantiate(run, domain, str(expert))
         save_checkpoint(out, chosen.spec, chosen.weights, chosen.tokenizer, chosen.method,
                         extra={"instantiated_from": chosen.report})

@@ -26,7 +26,7 @@ from pnlm.training.loop import TrainConfig
 from pnlm.model.lora import LoraSpec, init_adapters, trainable_parameters
 from pnlm.training.memory import check_fits, training_estimate
 from pnlm.files.run_lock import run_locks_released
-from pnlm.methods import METHODS, PRETRAINED, dense, importance, mixture, projected
+from pnlm.methods import METHODS, PRETRAINED, dense, importance, mixture, projected, soup
 from pnlm.methods.distillation import distill
 from pnlm.methods.mixture import MixtureSummary
 from pnlm.training.runs import (Pretraining, TrainingProgress, TrainSummary, default_compile, default_log_every,
@@ -79,6 +79,8 @@ def pretrain(data: str | Path, out: str | Path, model: str | Path = "tiny", meth
         return projected.pretrain(job, fitted, projection, pn_batches)
     if method == "is":
         return importance.pretrain(job, fitted, domain)
+    if method == "soup":
+        return soup.pretrain(job, fitted)
     return mixture.pretrain(job, fitted, mixture.parse_experts(experts, fitted.k))
 
 

@@ -57,9 +57,9 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     if checkpoint_kind(checkpoint) == ADAPTER_FORMAT:
         raise PnlmError(f"{checkpoint}: LoRA adapters; export the fused model: pnlm fuse {checkpoint} --out CKPT")
     model = load_checkpoint(checkpoint)
-    if model.spec.projection is not None:
-        raise PnlmError(f"{checkpoint}: a projected network; export one expert: pnlm instantiate {checkpoint} "
-                        f"--domain STORE --out CKPT")
+    if model.spec.projection is not None or model.spec.soup is not None:
+        what = "a projected network; export one expert" if model.spec.projection else "a soup of experts; export a domain's model"
+        raise PnlmError(f"{checkpoint}: {what}: pnlm instantiate {checkpoint} --domain STORE --out CKPT")
     return write_hf_folder(model, out)
 
 

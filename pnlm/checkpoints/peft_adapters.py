@@ -89,8 +89,8 @@ def read_peft(folder: str | Path, base: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"{source}: target_modules {', '.join(unknown)}: pnlm adapts "
                               f"{', '.join(LAYER_MODULES)}")
     base_checkpoint = load_checkpoint(base)
-    if base_checkpoint.spec.projection is not None:
-        raise CheckpointError(f"{base}: a projected network; adapt one of its experts (pnlm instantiate)")
+    if base_checkpoint.spec.projection is not None or base_checkpoint.spec.soup is not None:
+        raise CheckpointError(f"{base}: a projected network or a soup; adapt a plain model of it (pnlm instantiate)")
     lora = LoraSpec(rank, float(alpha), tuple(t for t in LAYER_MODULES if t in targets))
     try:
         lora.validate(base_checkpoint.spec)

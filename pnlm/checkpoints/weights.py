@@ -28,13 +28,18 @@ QUANTIZED_ITEMSIZE = {**_ITEMSIZE, "U32": 4}  # and a quantized MLX model's pack
 
 def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of the model, by canonical name, with its shape. A projected network has, in place
-    of each MLP matrix's `.weight`, its `.basis` and `.mix`, and one `model.expert_embedding` (pnlm/model/projection.py)."""
+    of each MLP matrix's `.weight`, its `.basis` and `.mix`, and one `model.expert_embedding` (pnlm/model/projection.py);
+    a soup has beside each its `.bank` and the coefficient network `model.soup.*` (pnlm/model/soup.py)."""
     if spec.projection is not None:
         from pnlm.model.projection import projected_matrices, projection_shapes
 
         shared = {name: shape for name, shape in canonical_shapes(spec.plain()).items()
                   if name.removesuffix(".weight") not in projected_matrices(spec)}
         return {**shared, **projection_shapes(spec)}
+    if spec.soup is not None:  # the plain SLM's tensors (its MLP matrices are the shared S), and the soup's
+        from pnlm.model.soup import soup_shapes
+
+        return {**canonical_shapes(spec.plain()), **soup_shapes(spec)}
     d, kv = spec.d_model, spec.n_kv_heads * spec.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, d)}
     for i in range(spec.n_layers):
@@ -78,6 +83,10 @@ def init_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         from pnlm.model.projection import init_projection, projected_matrices
 
         weights.update(init_projection(spec, rng, {prefix: std(prefix) for prefix in projected_matrices(spec)}))
+    if spec.soup is not None:
+        from pnlm.model.soup import init_soup, souped_matrices
+
+        weights.update(init_soup(spec, rng, {prefix: std(prefix + ".weight") for prefix in souped_matrices(spec)}))
     return weights
 
 

@@ -6,6 +6,7 @@ the CLI's `--method`, the experiment plans' `methods`, the results' order and th
     mixture       SLM-mix: a hard mixture, one SLM per cluster, the domain's expert picked
     importance    SLM-is: an SLM pretrained on the generic windows resampled to the domain's clusters
     distillation  SLM-d: the SLM fine-tuned on the domain with the fine-tuned LLM as teacher
+    soup          SLM-soup: a soup of experts, the SLM for the domain's histogram (beyond the paper)
 
 experts.py holds what the methods with experts share: the clusters a run records, the expert a domain
 chooses, the instantiated checkpoint.
@@ -39,6 +40,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "a projected network over the clusters; the domain fine-tunes the SLM instantiated for it"),
     Method("is", "SLM-is", "importance", True, True,
            "an SLM pretrained on generic windows resampled to the domain's cluster histogram"),
+    Method("soup", "SLM-soup", "soup", True, True,
+           "a soup of experts over the clusters; the domain fine-tunes the SLM for its histogram (beyond the paper)"),
 )}
 PRETRAINED = tuple(name for name, method in METHODS.items() if method.pretrains)
 

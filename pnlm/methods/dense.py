@@ -15,6 +15,8 @@ def pretrain(job: Pretraining, method: str, model: str) -> TrainSummary:
     size is the spec's)."""
     if job.spec.projection is not None:
         raise PnlmError(f"--model {model} is a projected network: pretrain it with --method pn --clusters C")
+    if job.spec.soup is not None:
+        raise PnlmError(f"--model {model} is a soup of experts: pretrain it with --method soup --clusters C")
     return job.run(job.train_step(fsdp=job.fsdp), method)
 
 

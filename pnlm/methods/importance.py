@@ -65,8 +65,8 @@ def pretrain(job: Pretraining, clusters: Clusters, domain: str | Path | None) ->
     variation between the resampled and the domain's histograms."""
     if domain is None:
         raise PnlmError("--method is needs --domain STORE (labelled with the same clusters)")
-    if job.spec.projection is not None:
-        raise PnlmError("--method is trains a plain model: use a preset without projection")
+    if job.spec.projection is not None or job.spec.soup is not None:
+        raise PnlmError("--method is trains a plain model: use a preset without projection or soup")
     target = domain_histogram(domain, clusters.store_info())
     sampler = ImportanceSampler(job.store, job.config.batch_size, job.seed, clusters.k, np.array(target["histogram"]))
     sampled = sampler.sampled_histogram(job.config.steps)

@@ -48,6 +48,31 @@ class Projection:
 
 
 @dataclass(frozen=True)
+class Soup:
+    """A soup of experts (pnlm/model/soup.py, docs/soup.md): every MLP matrix is a shared matrix S plus n expert
+    banks E_j, mixed by coefficients alpha(h) that a small network computes from domain weights h over the k
+    clusters: W(h) = S + sum_j alpha_j(h) E_j, one ordinary SLM for any h.
+
+    banks: n; k: the clusters h weighs; hidden: the coefficient network's width. Pretraining draws h from a
+    meta-distribution: `clusters_per_draw` clusters at random, Dirichlet(`concentration`) weights over them.
+    """
+
+    banks: int
+    k: int
+    hidden: int = 64
+    clusters_per_draw: int = 2
+    concentration: float = 1.0
+
+    def validate(self) -> None:
+        for name, high in (("banks", MAX_EXPERTS), ("k", MAX_EXPERTS), ("hidden", MAX_DIM)):
+            _check_int(f"soup.{name}", getattr(self, name), 1, high)
+        _check_int("soup.clusters_per_draw", self.clusters_per_draw, 1, self.k)
+        c = self.concentration
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1e6:
+            raise SpecError(f"soup.concentration must be a positive number, got {c!r}")
+
+
+@dataclass(frozen=True)
 class RopeScaling:
     """Llama 3's RoPE frequency scaling (rope_type "llama3"): wavelengths longer than
     original_context / low_freq_factor are stretched by factor, shorter than original_context /
@@ -87,6 +112,7 @@ class ModelSpec:
     tied_embeddings: bool = True
     projection: Projection | None = None
     rope_scaling: RopeScaling | None = None  # imported Llama 3 models; pnlm's own presets use plain RoPE
+    soup: Soup | None = None  # a soup of experts (pnlm/model/soup.py): an SLM for any domain weights
 
     @property
     def head_dim(self) -> int:
@@ -114,6 +140,10 @@ class ModelSpec:
             raise SpecError(f"tied_embeddings must be true or false, got {self.tied_embeddings!r}")
         if self.projection is not None:
             self.projection.validate()
+        if self.soup is not None:
+            if self.projection is not None:
+                raise SpecError("a model is a projected network or a soup of experts, not both")
+            self.soup.validate()
         if self.rope_scaling is not None:
             self.rope_scaling.validate()
         total = self.params_pretrain()
@@ -149,7 +179,12 @@ class ModelSpec:
         return self.mlp_params() / self.params_inference()
 
     def params_pretrain(self) -> int:
-        """Parameters trained during pretraining (all experts' bases, mixes and embeddings for a PN)."""
+        """Parameters trained during pretraining (all experts' bases, mixes and embeddings for a PN; the shared
+        matrices, the banks and the coefficient network for a soup)."""
+        if self.soup is not None:
+            s = self.soup
+            coefficient_net = s.hidden * s.k + s.hidden + s.banks * s.hidden + s.banks
+            return self.params_inference() + s.banks * self.mlp_params() + coefficient_net
         if self.projection is None:
             return self.params_inference()
         per_layer = self._attention_params() + self._projected_mlp_params() + 2 * self.d_model
@@ -161,16 +196,20 @@ class ModelSpec:
         return dataclasses.replace(self, projection=projection).validate()
 
     def plain(self) -> "ModelSpec":
-        """The spec of one instantiated expert: the same model without the projection."""
-        return dataclasses.replace(self, projection=None)
+        """The spec of one instantiated expert: the same model without the projection (or the soup)."""
+        return dataclasses.replace(self, projection=None, soup=None)
+
+    def with_soup(self, soup: Soup | None) -> "ModelSpec":
+        return dataclasses.replace(self, soup=soup).validate()
 
     def with_vocab(self, vocab_size: int) -> "ModelSpec":
         return dataclasses.replace(self, vocab_size=vocab_size).validate()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if self.rope_scaling is None:  # absent, as in every spec written before it existed
-            data.pop("rope_scaling")
+        for name in ("rope_scaling", "soup"):  # absent, as in every spec written before they existed
+            if data[name] is None:
+                data.pop(name)
         return data
 
     @classmethod
@@ -188,6 +227,13 @@ class ModelSpec:
                 raise SpecError(f"{source}: projection must be a table with h, k and m (and optionally "
                                 f"expert_similarity)")
             values["projection"] = Projection(**projection)
+        soup = values.get("soup")
+        if soup is not None:
+            fields = {f.name for f in dataclasses.fields(Soup)}
+            if not isinstance(soup, dict) or not {"banks", "k"} <= set(soup) <= fields:
+                raise SpecError(f"{source}: soup must be a table with banks and k (and optionally "
+                                f"{', '.join(sorted(fields - {'banks', 'k'}))})")
+            values["soup"] = Soup(**soup)
         scaling = values.get("rope_scaling")
         if scaling is not None:
             fields = {f.name for f in dataclasses.fields(RopeScaling)}
@@ -268,6 +314,10 @@ PRESETS["pn-tiny"] = dataclasses.replace(PRESETS["tiny"], projection=Projection(
 PRESETS["small"] = ModelSpec(vocab_size=4096, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=704,
                              context=512)
 PRESETS["pn-small"] = dataclasses.replace(PRESETS["small"], projection=Projection(h=4, k=8, m=4))
+# A soup of `small`: 4 banks over the MLPs (pretraining 3.2x small's parameters), the coefficient network 64
+# wide; each step's domain weights over 2 clusters drawn at random, Dirichlet(1) (docs/soup.md). k follows the
+# clusters it is trained on.
+PRESETS["soup-small"] = dataclasses.replace(PRESETS["small"], soup=Soup(banks=4, k=8))
 PRESETS["llm-small"] = ModelSpec(vocab_size=4096, d_model=640, n_layers=4, n_heads=10, n_kv_heads=10, d_ff=1920,
                                  context=512)
 
