@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,10 +122,39 @@ def test_a_rerun_with_another_plan_is_refused(smoke_run, tmp_path):
     assert result.returncode == 2 and "another plan" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_method_dropped_then_added_back_keeps_every_other_result(smoke_run, tmp_path):
+    """A plan that differs only by a method (and the settings only it reads) continues the experiment: the
+    other methods' cells are kept, not redone."""
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run, out)
+    plan = smoke_run.parent / "smoke-one-domain.toml"
+    without = tmp_path / "without-soup.toml"
+    without.write_text(plan.read_text().replace(', "soup"]', "]").replace("soup = { banks = 2 }\n", ""))
+    assert "soup" not in load_plan(without).methods
+    before = {path.name: path.stat().st_mtime_ns for path in (out / "cells").glob("*.json")}
+    dropped = subprocess.run([*PNLM, "experiment", "run", str(without), "--out", str(out)], capture_output=True,
+                             text=True, timeout=120)
+    assert dropped.returncode == 0, dropped.stderr
+    assert "drops soup; the other methods' results are kept" in dropped.stderr
+    rows = read_rows(out / "results.csv")
+    assert {r["method"] for r in rows} == set(load_plan(without).methods)
+    assert rows == [r for r in read_rows(smoke_run / "results.csv") if r["method"] != "soup"]
+    added = subprocess.run([*PNLM, "experiment", "run", str(plan), "--out", str(out)], capture_output=True,
+                           text=True, timeout=120)
+    assert added.returncode == 0 and "adds soup" in added.stderr, added.stderr
+    assert (out / "results.csv").read_bytes() == (smoke_run / "results.csv").read_bytes()
+    assert before == {path.name: path.stat().st_mtime_ns for path in (out / "cells").glob("*.json")}
+    changed = tmp_path / "other-soup.toml"  # the soup kept, its settings changed: another plan
+    changed.write_text(plan.read_text().replace("soup = { banks = 2 }", "soup = { banks = 3 }"))
+    refused = subprocess.run([*PNLM, "experiment", "run", str(changed), "--out", str(out)], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "another plan" in refused.stderr
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace('name = "smoke"', 'name = "a b"'), "name"),
     (lambda t: t.replace('name = "smoke"', 'name = "smoke\\n"'), "name"),  # `$` would match before the newline
-    (lambda t: t.replace('"is"]', '"isx"]'), "methods"),
+    (lambda t: t.replace('"is", "soup"]', '"isx", "soup"]'), "methods"),
     (lambda t: t.replace("budgets = [40, 120]", "budgets = []"), "budgets"),
     (lambda t: t.replace("domain_tokens = [3000, 12000]", 'domain_tokens = ["many"]'), "domain_tokens"),
     (lambda t: t.replace("shakespeare_hamlet.jsonl.gz\"]\nbierce", "missing.jsonl.gz\"]\nbierce"), "data.domains.hamlet"),
@@ -132,6 +162,10 @@ def test_a_rerun_with_another_plan_is_refused(smoke_run, tmp_path):
     (lambda t: t.replace("d_ff = 176", "d_ff = -1"), "d_ff"),
     (lambda t: t.replace("lr = 3e-3", 'lr = "fast"'), "lr"),
     (lambda t: t + "\n[[broken", "not valid TOML"),
+    (lambda t: t.replace("soup = { banks = 2 }", "soup = { banks = 0 }"), "models.soup.banks"),
+    (lambda t: t.replace("soup = { banks = 2 }", "soup = { banks = 2, k = 4 }"), "models.soup"),
+    (lambda t: t.replace("soup = { banks = 2 }", "soup = { banks = 2, clusters_per_draw = 5 }"),
+     "models.soup.clusters_per_draw"),
 ])
 def test_bad_plans_are_one_clear_error(tmp_path, edit, message):
     (tmp_path / "pnlm").mkdir()

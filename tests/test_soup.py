@@ -4,6 +4,7 @@ run resumes to the uninterrupted losses, and a soup is refused where a plain mod
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -17,6 +18,8 @@ from pnlm.errors import PnlmError, SpecError
 from pnlm.methods.soup import SoupSampler
 from pnlm.model import soup as oracle
 from pnlm.model.spec import ModelSpec, OptimizerSpec, Projection, Soup
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SOUP_TOML = """[model]
 preset = "tiny"
@@ -152,10 +155,32 @@ def test_soup_pretrain_instantiate_finetune_evaluate(tmp_path, corpus):
     assert tuned.returncode == 0, tuned.stderr
     after = json.loads(pnlm_cli("eval", tmp_path / "ft" / "best", "--data", domain.path, "--json").stdout)["macro_ppl"]
     assert after < evaluated["macro_ppl"]
+    exported = pnlm_cli("export", tmp_path / "model", "--format", "hf", "--out", tmp_path / "hf")
+    assert exported.returncode == 0, exported.stderr
+    assert_loads_as_any_expert(tmp_path / "model", tmp_path / "hf")
     one_cluster = pnlm_cli("instantiate", run, "--expert", "1", "--out", tmp_path / "cluster1", "--json")
     assert one_cluster.returncode == 0, one_cluster.stderr
     bad = pnlm_cli("instantiate", run, "--expert", "7", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "clusters are 0 to 1" in bad.stderr
+
+
+def assert_loads_as_any_expert(checkpoint, hf_folder):
+    """transformers and mlx-lm load the exported model of a domain with pnlm's logits."""
+    import mlx.core as mx
+    import torch
+    from mlx_lm import load as mlx_lm_load
+    from transformers import AutoModelForCausalLM
+
+    import pnlm
+
+    ours = pnlm.load(checkpoint, backend="torch")
+    tokens = np.random.default_rng(0).integers(0, ours.spec.vocab_size, (2, 32))
+    expected = ours.logits(tokens)
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)(torch.from_numpy(tokens)).logits
+    assert np.abs(hf.numpy() - expected).max() < 1e-4
+    model, _ = mlx_lm_load(str(hf_folder))
+    assert np.abs(np.array(model(mx.array(tokens))) - expected).max() < 1e-4
 
 
 def test_soup_resume_after_kill_gives_the_uninterrupted_losses(tmp_path, corpus):

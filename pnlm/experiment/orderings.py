@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from pnlm.experiment.results import Results, interpolate_log
 
-PRETRAINED = ("slm", "llm", "distill", "mix", "pn", "is")
-SMALL = ("slm", "distill", "mix", "pn", "is", "nopt")
+PRETRAINED = ("slm", "llm", "distill", "mix", "pn", "is", "soup")
+SMALL = ("slm", "distill", "mix", "pn", "is", "soup", "nopt")  # the soup of experts: beyond the paper, read beside it
 HIGH_ENTROPY_DOMAINS = 2
 
 
@@ -34,8 +34,7 @@ ORDERINGS = (
     Ordering("PN below the SLM at the SLM's pretraining cost", "7", "cost", "pn", ("slm",)),
     Ordering("the hard mixture below the SLM at equal steps", "4", "steps", "mix", ("slm",)),
     Ordering("importance sampling below the SLM at equal steps", "4", "steps", "is", ("slm",)),
-    Ordering("the LLM below every small model at equal steps", "4", "steps", "llm",
-             ("slm", "distill", "mix", "pn", "is", "nopt")),
+    Ordering("the LLM below every small model at equal steps", "4", "steps", "llm", SMALL),
     Ordering("the SLM below the LLM at the SLM's pretraining cost", "7", "cost", "slm", ("llm",)),
     Ordering("every pretrained method below no pretraining (nopt)", "4", "steps", "*", ("nopt",)),
 )
@@ -161,7 +160,7 @@ def orderings_section(r: Results) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     budget = verdicts[0].budget
     gain_rows = []
-    for method in ("pn", "mix", "is"):
+    for method in ("pn", "mix", "is", "soup"):
         if method not in r.methods:
             continue
         for size in r.sizes:

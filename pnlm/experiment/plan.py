@@ -1,7 +1,7 @@
 """An experiment plan: the paper's protocol (methods × pretraining budgets × domain sizes × domains) in a TOML file.
 
     name = "smoke"
-    methods = ["slm", "llm", "nopt", "distill", "mix", "pn", "is"]
+    methods = ["slm", "llm", "nopt", "distill", "mix", "pn", "is", "soup"]
     backend = "torch"              # pretraining
     finetune_backend = "mlx"       # specialization: fine-tuning, distillation, evaluation
     seed = 0
@@ -20,6 +20,8 @@
     slm = "tiny"                                        # a preset, or a table of spec fields (with `preset`)
     llm = { preset = "tiny", d_model = 256, d_ff = 704, n_heads = 8, n_kv_heads = 4 }
     pn = { h = 4, m = 4 }                               # the SLM projected: h basis tensors, expert width m
+    soup = { banks = 4 }                                # the SLM souped (docs/soup.md): banks, and optionally
+                                                        # hidden, clusters_per_draw, concentration
 
     [pretrain]
     budgets = [100, 200]           # optimizer steps of every pretraining (mix: per expert)
@@ -40,6 +42,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -50,7 +53,7 @@ from typing import Any
 
 from pnlm.errors import PnlmError
 from pnlm.methods import METHODS as REGISTRY
-from pnlm.model.spec import PRESETS, ModelSpec, SpecError
+from pnlm.model.spec import PRESETS, ModelSpec, Soup, SpecError
 from pnlm.files.toml_file import read_toml
 
 METHODS = tuple(REGISTRY)  # the order the work depends on: pnlm/methods/__init__.py
@@ -68,7 +71,7 @@ KEYS: dict[str, set[str]] = {
     "name": set(), "methods": set(), "backend": set(), "finetune_backend": set(), "seed": set(),
     "data": {"generic", "tokenizer_inputs", "generic_max_documents", "domain_max_documents", "vocab_size", "context",
              "clusters", "domain_tokens", "valid_fraction", "test_fraction", "domains"},
-    "models": {"slm", "llm", "pn"},
+    "models": {"slm", "llm", "pn", "soup"},
     "pretrain": {"budgets", "batch_size", "lr", "checkpoint_every"},
     "finetune": {"steps", "batch_size", "lr", "eval_every", "patience"},
     "distill": {"alpha", "temperature"},
@@ -112,6 +115,7 @@ class Plan:
     slm: ModelSpec           # vocab_size and context are the plan's
     llm: ModelSpec
     projection: tuple[int, int]  # (h, m); k is `clusters`
+    soup: Soup  # its k is `clusters`
     pretrain: PretrainSettings
     finetune: FinetuneSettings
     distill: DistillSettings = DistillSettings()
@@ -129,10 +133,28 @@ class Plan:
                 "budgets": list(self.pretrain.budgets), "domains": list(self.domains),
                 "domain_tokens": list(self.domain_tokens), "clusters": self.clusters,
                 "models": {"slm": self.slm.to_dict(), "llm": self.llm.to_dict(),
-                           "pn": {"h": self.projection[0], "k": self.clusters, "m": self.projection[1]}},
+                           "pn": {"h": self.projection[0], "k": self.clusters, "m": self.projection[1]},
+                           **({"soup": dataclasses.asdict(self.soup)} if "soup" in self.methods else {})},
                 "backend": self.backend, "finetune_backend": self.finetune_backend, "seed": self.seed,
                 "pretrain": dataclasses.asdict(self.pretrain), "finetune": dataclasses.asdict(self.finetune),
                 "distill": dataclasses.asdict(self.distill)}
+
+
+# The settings only one method reads: a plan may gain or lose that method and keep every other result.
+METHOD_SETTINGS = {"soup": ("models", "soup")}
+
+
+def same_work(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether an experiment's plan.json and a plan differ at most by methods added or dropped (with the settings
+    only those read): the data, the other methods' runs and their cells would be made alike."""
+    before, now = copy.deepcopy(before), copy.deepcopy(now)
+    methods = set(before.pop("methods", [])), set(now.pop("methods", []))
+    for method in methods[0] ^ methods[1]:
+        if method in METHOD_SETTINGS:
+            table, key = METHOD_SETTINGS[method]
+            for side in (before, now):
+                side.get(table, {}).pop(key, None)
+    return before == now
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -252,6 +274,15 @@ class _Reader:
         if not isinstance(pn, dict) or set(pn) - {"h", "m"}:
             raise self.fail("models.pn", "a table { h = INT, m = INT }", pn)
         projection = (self.get(pn, "h", int, 4, low=1, high=1 << 12), self.get(pn, "m", int, 4, low=1, high=1 << 12))
+        soup = models.get("soup", {"banks": 4})
+        soup_keys = {f.name for f in dataclasses.fields(Soup)} - {"k"}
+        if not isinstance(soup, dict) or set(soup) - soup_keys:
+            raise self.fail("models.soup", f"a table of {', '.join(sorted(soup_keys))} (k is data.clusters)", soup)
+        try:
+            souped = Soup(**{"banks": 4, "clusters_per_draw": min(2, clusters), **soup, "k": clusters})
+            souped.validate()
+        except SpecError as exc:
+            raise PlanError(f"{self.path}: models.{exc}") from None
         pretrain = self.table("pretrain")
         finetune = self.table("finetune", required=False)
         distill = self.table("distill", required=False)
@@ -268,7 +299,7 @@ class _Reader:
             vocab_size=vocab_size, context=context, clusters=clusters,
             slm=self.spec(models.get("slm", "tiny"), "models.slm", vocab_size, context),
             llm=self.spec(models.get("llm", "tiny"), "models.llm", vocab_size, context),
-            projection=projection,
+            projection=projection, soup=souped,
             pretrain=PretrainSettings(
                 budgets=self.ints(pretrain, "budgets", 1),
                 batch_size=self.get(pretrain, "batch_size", int, 8, low=1, high=1 << 16),

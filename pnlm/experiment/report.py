@@ -12,6 +12,7 @@ from pathlib import Path
 from pnlm.files.atomic import atomic_file
 from pnlm.experiment.orderings import orderings_section
 from pnlm.experiment.results import Results, interpolate_log, read_results
+from pnlm.methods import METHODS
 
 PLOTS = ("perplexity_vs_pretraining_cost.png", "specialization_cost.png")
 DASH = "—"
@@ -34,10 +35,12 @@ def parameters_table(r: Results) -> str:
     rows = []
     for method in r.methods:
         row = next(x for x in r.results if x["method"] == method)
-        rows.append([method, f"{row['params_pretrain']:,}", f"{row['params_inference']:,}"])
+        label = METHODS[method].label if method in METHODS else method
+        rows.append([method, label, f"{row['params_pretrain']:,}", f"{row['params_inference']:,}"])
     return ("**Table 1.** Parameters per method: trained during pretraining (mix: all experts; distill: "
-            "teacher and student; pn: every expert's bases) and run at inference (results.csv).\n\n"
-            + _table(["method", "pretraining", "inference"], rows))
+            "teacher and student; pn: every expert's bases; soup: the shared matrices, the expert banks and the "
+            "coefficient network) and run at inference (results.csv).\n\n"
+            + _table(["method", "label", "pretraining", "inference"], rows))
 
 
 def cost_per_token_table(r: Results) -> str:

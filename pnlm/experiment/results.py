@@ -1,15 +1,17 @@
-"""Reading an experiment's CSV files (the runner's outputs, docs/experiments.md) into typed rows, and the
-aggregates the report and `pnlm advise` share: macro-averages over domains, costs per method and budget."""
+"""An experiment's CSV files (the runner's outputs, docs/experiments.md): their columns, writing them, reading
+them into typed rows, and the aggregates the report and `pnlm advise` share: macro-averages over domains, costs per method and budget."""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pnlm.errors import PnlmError
+from pnlm.files.atomic import atomic_file
 from pnlm.methods import METHODS
 
 METHOD_ORDER = tuple(METHODS)  # the registry's order (pnlm/methods/__init__.py)
@@ -22,6 +24,30 @@ RUN_TYPES = {"kind": str, "method": str, "budget_steps": int, "domain": str, "do
              "tokens": int, "flops": float, "seconds": float, "device_hours": float, "device": str, "backend": str}
 DOMAIN_TYPES = {"domain": str, "domain_tokens": int, "train_windows": int, "top_cluster": int, "top_share": float,
                 "entropy": float}
+
+
+RESULT_COLUMNS = ("method", "budget_steps", "domain", "domain_tokens", "train_tokens", "params_pretrain",
+                  "params_inference", "expert", "pretrained_ppl", "finetuned_ppl", "finetune_steps",
+                  "generic_flops", "specialization_flops")
+COST_COLUMNS = ("method", "budget_steps", "domain", "domain_tokens", "generic_device_hours",
+                "specialization_device_hours", "device")
+RUN_COLUMNS = ("kind", "method", "budget_steps", "domain", "domain_tokens", "steps", "tokens", "flops", "seconds",
+               "device_hours", "device", "backend")
+DOMAIN_COLUMNS = ("domain", "domain_tokens", "train_windows", "top_cluster", "top_share", "entropy")
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: _cell(row.get(c, "")) for c in columns} for row in rows)
+    with atomic_file(path) as f:
+        f.write(text.getvalue().encode())
+
+
+def _cell(value: Any) -> Any:
+    # Perplexities are rounded so that a rerun's float noise in the last bits does not change the file.
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def read_csv(path: Path, types: dict[str, type], required: bool = True) -> list[dict[str, Any]]:

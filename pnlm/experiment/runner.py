@@ -11,9 +11,7 @@ most the cell in flight.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime
-import io
 import json
 import platform
 import shutil
@@ -31,41 +29,23 @@ from pnlm.clustering.histogram import histogram_report
 from pnlm.training.cost import train_flops_per_token
 from pnlm.data.store import TokenStore
 from pnlm.errors import PnlmError
-from pnlm.experiment.plan import Plan, load_plan
+from pnlm.experiment.plan import Plan, load_plan, same_work
+from pnlm.experiment.results import (COST_COLUMNS, DOMAIN_COLUMNS, RESULT_COLUMNS, RUN_COLUMNS,
+                                     write_csv)
 from pnlm.methods import METHODS
 from pnlm.files.outputs import EXPERIMENT, check_output
 from pnlm.files.run_lock import lock_run, run_locks_released
 from pnlm.training.runs import TrainingProgress
 
-RESULT_COLUMNS = ("method", "budget_steps", "domain", "domain_tokens", "train_tokens", "params_pretrain",
-                  "params_inference", "expert", "pretrained_ppl", "finetuned_ppl", "finetune_steps",
-                  "generic_flops", "specialization_flops")
-COST_COLUMNS = ("method", "budget_steps", "domain", "domain_tokens", "generic_device_hours",
-                "specialization_device_hours", "device")
-RUN_COLUMNS = ("kind", "method", "budget_steps", "domain", "domain_tokens", "steps", "tokens", "flops", "seconds",
-               "device_hours", "device", "backend")
-DOMAIN_COLUMNS = ("domain", "domain_tokens", "train_windows", "top_cluster", "top_share", "entropy")
-SHARED_PRETRAINING = {"slm": ("slm",), "llm": ("llm",), "distill": ("llm", "slm"), "pn": ("pn",), "mix": ("mix",)}
+SHARED_PRETRAINING = {"slm": ("slm",), "llm": ("llm",), "distill": ("llm", "slm"), "pn": ("pn",), "mix": ("mix",),
+                      "soup": ("soup",)}
+EXPERTS = ("pn", "mix", "soup")  # one generic run, a model instantiated for each domain
 
 
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
         f.write((json.dumps(data, indent=2) + "\n").encode())
-
-
-def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: _cell(row.get(c, "")) for c in columns} for row in rows)
-    with atomic_file(path) as f:
-        f.write(text.getvalue().encode())
-
-
-def _cell(value: Any) -> Any:
-    # Perplexities are rounded so that a rerun's float noise in the last bits does not change the file.
-    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 class DataProgress:
@@ -170,11 +150,15 @@ class Runner:
 
     # 2. Pretraining
     def spec_file(self, name: str) -> Path:
-        spec = self.plan.llm if name == "llm" else self.plan.slm
+        spec = {"llm": self.plan.llm, "soup": self.plan.slm.with_soup(self.plan.soup)}.get(name, self.plan.slm)
         path = self.work / "specs" / f"{name}.toml"
         if not path.is_file():
-            lines = ["[model]"] + [f"{key} = {json.dumps(value)}" for key, value in spec.to_dict().items()
-                                   if value is not None]
+            fields = spec.to_dict()
+            lines = ["[model]"] + [f"{key} = {json.dumps(value)}" for key, value in fields.items()
+                                   if value is not None and not isinstance(value, dict)]
+            for key, table in fields.items():
+                if isinstance(table, dict):
+                    lines += [f"[model.{key}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_file(path) as f:
                 f.write(("\n".join(lines) + "\n").encode())
@@ -188,7 +172,7 @@ class Runner:
             return json.loads(record.read_text())
         p = plan.pretrain
         options: dict[str, Any] = {}
-        if method in ("pn", "mix", "is"):
+        if method in ("pn", "mix", "is", "soup"):
             options["clusters"] = self.work / "clusters"
         if method == "pn":
             h, m = plan.projection
@@ -197,7 +181,7 @@ class Runner:
             options["domain"] = self.store(domain, min(plan.domain_tokens))
         resumable = (run / "latest").is_dir() or (method == "mix" and run.is_dir())
         self.say(f"pretraining {name}" + (" (resumed)" if resumable else ""))
-        summary = pnlm.pretrain(self.work / "generic", run, self.spec_file("llm" if method == "llm" else "slm"),
+        summary = pnlm.pretrain(self.work / "generic", run, self.spec_file(method if method in ("llm", "soup") else "slm"),
                                 "slm" if method == "llm" else method, backend=plan.backend, steps=budget,
                                 batch_size=p.batch_size, lr=p.lr, seed=plan.seed,
                                 checkpoint_every=p.checkpoint_every or max(1, budget // 4),
@@ -218,8 +202,8 @@ class Runner:
             self.step(self.work / "init-slm.json", lambda: pnlm.init(
                 self.spec_file("slm"), self.work / "tokenizer", self.work / "init-slm", seed=self.plan.seed,
                 overwrite=True), "the SLM's random initialization")
-        return {(m, b): self.pretrain(m, b) for b in self.plan.pretrain.budgets for m in ("slm", "llm", "pn", "mix")
-                if m in needed}
+        return {(m, b): self.pretrain(m, b) for b in self.plan.pretrain.budgets
+                for m in ("slm", "llm", "pn", "mix", "soup") if m in needed}
 
     # 3. Cells
     def cells(self) -> list[tuple[str, int, str, int]]:
@@ -244,10 +228,10 @@ class Runner:
             base = shared[("slm" if method == "distill" else method, budget)]["checkpoint"]
         elif method == "nopt":
             base = str(self.work / "init-slm")
-        elif method in ("pn", "mix"):
+        elif method in EXPERTS:  # soup: the model for the domain's histogram, no one expert
             chosen = pnlm.instantiate(shared[(method, budget)]["checkpoint"], folder / "base", domain=store,
                                       expert="auto", overwrite=True)
-            base, expert = str(folder / "base"), chosen.report["expert"]
+            base, expert = str(folder / "base"), chosen.report.get("expert", "histogram")
         else:  # is: an SLM pretrained for this domain, its cost paid per domain
             summary = self.pretrain("is", budget, domain)
             base = summary["checkpoint"]
@@ -276,7 +260,8 @@ class Runner:
         after = self.evaluate(str(finetuned), store)
         spec = plan.slm if method != "llm" else plan.llm
         params_pretrain = {"mix": plan.clusters * spec.params_inference(), "distill": plan.llm.params_inference()
-                           + spec.params_inference(), "pn": self.pn_params()}.get(method, spec.params_inference())
+                           + spec.params_inference(), "pn": self.pn_params(),
+                           "soup": plan.slm.with_soup(plan.soup).params_pretrain()}.get(method, spec.params_inference())
         result = {
             "method": method, "budget_steps": budget, "domain": domain, "domain_tokens": tokens,
             "train_tokens": TokenStore(store).num_tokens("train"), "params_pretrain": params_pretrain,
@@ -383,8 +368,15 @@ def run(plan: str | Path, out: str | Path, *, say: Callable[[str], None] = print
     check_output(out, EXPERIMENT, True, [plan])
     loaded = load_plan(plan)
     previous = out / "plan.json"
-    if previous.is_file() and json.loads(previous.read_text()) != json.loads(json.dumps(loaded.to_json())):
-        raise PnlmError(f"{out}: holds the results of another plan (plan.json differs); use another --out")
+    if previous.is_file():
+        before, now = json.loads(previous.read_text()), json.loads(json.dumps(loaded.to_json()))
+        if not same_work(before, now):
+            raise PnlmError(f"{out}: holds the results of another plan (plan.json differs); use another --out")
+        added, dropped = set(now["methods"]) - set(before["methods"]), set(before["methods"]) - set(now["methods"])
+        if added or dropped:
+            say(f"{out}: the plan " + " and ".join(f"{verb} {', '.join(sorted(names))}" for verb, names in
+                                                  (("adds", added), ("drops", dropped)) if names)
+                + "; the other methods' results are kept")
     lock_run(out)  # one runner per experiment folder: a second would replace the first's stores under it
     summary = Runner(loaded, out, say, progress, data_progress).run()
     return ExperimentSummary(out, summary["cells"], Path(summary["report"]), Path(summary["results"]))
