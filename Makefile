@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --json .bench/train_step.json
 	$(BIN)/python bench/train_throughput.py --json .bench/train_throughput.json
 	$(BIN)/python bench/pn_throughput.py --json .bench/pn_throughput.json
+	$(BIN)/python bench/pn_throughput.py --model small --backends torch --projections 4,8,4 --soups 4,8 --json .bench/soup_throughput.json
 	$(BIN)/python bench/kmeans_scale.py --json .bench/kmeans_scale.json
 	PNLM_LONG=1 $(BIN)/python -m pytest -q -m long
 
