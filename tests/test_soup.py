@@ -208,6 +208,12 @@ def test_a_soup_is_checked_and_refused_where_a_plain_model_is_needed(tmp_path, t
     assert ModelSpec.from_dict(soup_spec.to_dict()) == soup_spec
     with pytest.raises(PnlmError, match="non-negative"):
         oracle.domain_weights(np.zeros(5), 5)
+    tokens = np.random.default_rng(0).integers(0, soup_spec.vocab_size, (3, 9))
+    for backend in ("torch", "mlx"):  # a step takes one h (k floats) for the batch: no indices, no other length
+        step = build(backend, soup_spec, init_weights(soup_spec, 0))
+        for wrong in (np.array([0, 1, 2]), np.ones(4) / 4, None):
+            with pytest.raises(PnlmError, match="takes domain weights h \\(5 floats\\)"):
+                step.nll(tokens[:, :-1], tokens[:, 1:], expert=wrong)
     path = save_checkpoint(tmp_path / "soup", soup_spec, init_weights(soup_spec, 0), tokenizer, "soup")
     for args in (["generate", path, "--prompt", "x", "--backend", "torch"],
                  ["export", path, "--format", "hf", "--out", tmp_path / "hf"]):

@@ -17,7 +17,8 @@ from pnlm.backends.mlx.model import Transformer
 from pnlm.model.losses import DistillSpec
 from pnlm.training.batches import Batch, micro_batch_rows
 from pnlm.training.step import batch_arrays, check_precision
-from pnlm.model.projection import expert_indices, group_rows, is_model_vector
+from pnlm.model.projection import expert_indices, group_rows
+from pnlm.model.soup import step_weights
 from pnlm.model.spec import OptimizerSpec
 
 
@@ -42,6 +43,7 @@ class TrainStep:
                  loss: DistillSpec | None = None) -> None:
         check_precision(precision)
         self.model = model
+        self.souped = model.spec.soup is not None  # `expert`: the soup's domain weights h for the whole batch
         self.optimizer_spec = optimizer
         self.precision = precision
         self._reset_peak()
@@ -168,12 +170,13 @@ class TrainStep:
             indices, logprobs = batch.soft_targets
             soft = (() if indices is None else (indices.astype(np.int32),)) + (logprobs.astype(np.float32),)
         # Checked against the whole batch before any slice of it is taken (a miscount is one clear error).
-        expert = batch.expert
-        if expert is not None and not is_model_vector(expert):
-            expert = expert_indices(expert, len(inputs))
         slices = micro_batch_rows(len(inputs), micro_batches)
-        routings = [_routing(expert if np.ndim(expert) == 0 or is_model_vector(expert) else np.asarray(expert)[rows],
-                             len(rows)) for rows in slices]
+        if self.souped:  # the first input of the compiled functions: h, the same for every slice
+            h = step_weights(self.model.spec, batch.expert)
+            routings = [(h, np.zeros((len(rows),), dtype=np.uint32)) for rows in slices]
+        else:
+            expert = None if batch.expert is None else expert_indices(batch.expert, len(inputs))
+            routings = [_routing(expert if np.ndim(expert) == 0 else expert[rows], len(rows)) for rows in slices]
         return StagedBatch(inputs.astype(np.int32), targets.astype(np.int32), mask, slices, routings, soft)
 
     def step(self, staged: StagedBatch) -> mx.array:
@@ -261,9 +264,7 @@ class TrainStep:
 def _routing(expert: int | np.ndarray | None, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The experts present and each row's position among them (pnlm.model.projection.group_rows), as inputs of the
     compiled functions, so that other experts do not recompile (another number of them traces once more).
-    A plain model ignores them; a soup of experts takes the first, its domain weights h (float32)."""
-    if is_model_vector(expert):
-        return np.asarray(expert, dtype=np.float32).reshape(-1), np.zeros((rows,), dtype=np.uint32)
+    A plain model ignores them."""
     indices = None if expert is None else expert_indices(expert, rows)
     if indices is None or indices.ndim == 0:
         return np.array([int(indices or 0)], dtype=np.int32), np.zeros((rows,), dtype=np.uint32)

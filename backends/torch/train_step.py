@@ -19,7 +19,8 @@ from pnlm.model.losses import DistillSpec
 from pnlm.errors import BackendError
 from pnlm.training.batches import Batch, micro_batch_rows
 from pnlm.training.step import batch_arrays, check_precision
-from pnlm.model.projection import is_model_vector, rows_by_expert
+from pnlm.model.projection import rows_by_expert
+from pnlm.model.soup import step_weights
 from pnlm.model.spec import OptimizerSpec
 
 
@@ -47,6 +48,7 @@ class TrainStep:
                  compile: bool = False, fsdp: bool = False, distributed: bool = True,
                  loss: DistillSpec | None = None) -> None:
         self.model = model
+        self.souped = model.spec.soup is not None  # `expert`: the soup's domain weights h for the whole batch
         self.loss = loss  # None: cross-entropy; a DistillSpec: distillation's (pnlm/model/losses.py)
         self.optimizer_spec = optimizer
         self.device = next(model.parameters()).device
@@ -124,18 +126,23 @@ class TrainStep:
         """The host's share of a step, safe to run ahead on another thread (pnlm/training/prefetch.py): rows
         sorted by expert, this rank's rows, the micro-batches' bounds and experts, and tensors (pinned on
         CUDA, so that the copies to the GPU do not block)."""
-        inputs, targets, mask, expert, soft = rows_by_expert(batch.inputs, batch.targets, batch.mask, batch.expert,
-                                                             batch.soft_targets)
+        if self.souped:
+            inputs, targets, mask, expert, soft = (batch.inputs, batch.targets, batch.mask,
+                                                   step_weights(self.model.spec, batch.expert), batch.soft_targets)
+        else:
+            inputs, targets, mask, expert, soft = rows_by_expert(batch.inputs, batch.targets, batch.mask,
+                                                                 batch.expert, batch.soft_targets)
         inputs, targets, mask = batch_arrays(inputs, targets, mask)
         count = float(mask.sum())  # the whole global batch's targets
         if self.world_size > 1:
             rows = rank_rows(len(inputs), self.rank, self.world_size)
             inputs, targets, mask = inputs[rows], targets[rows], mask[rows]
-            expert = expert[rows] if np.ndim(expert) and not is_model_vector(expert) else expert
+            expert = expert[rows] if np.ndim(expert) and not self.souped else expert
             soft = None if soft is None else tuple(None if t is None else t[rows] for t in soft)
         bounds = [(int(r[0]), int(r[-1]) + 1) for r in micro_batch_rows(len(inputs), micro_batches)] if len(
             inputs) else [(0, 0)]  # a rank without rows of a small evaluation batch still takes part (FSDP)
-        experts = [self._host_experts(expert, start, end) for start, end in bounds]
+        experts = [self._host(expert, np.float32) if self.souped else self._host_experts(expert, start, end)
+                   for start, end in bounds]
         soft = None if soft is None else tuple(None if t is None else self._host(t, np.int64 if i == 0 else np.float32)
                                                for i, t in enumerate(soft))
         return StagedBatch(self._host(inputs, np.int64), self._host(targets, np.int64), self._host(mask, np.float32),

@@ -54,12 +54,6 @@ def expert_indices(expert, rows: int | None = None) -> np.ndarray:
     return indices
 
 
-def is_model_vector(expert) -> bool:
-    """Whether a train step's `expert` is one vector of floats for the whole batch (a soup of experts' domain
-    weights h, pnlm/model/soup.py), not expert indices."""
-    return expert is not None and np.asarray(expert).dtype.kind == "f"
-
-
 def group_rows(row_experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The experts present in a batch (sorted) and, for each row, the position of its expert among them:
     a mixed batch forms one W per expert present, never one per row."""
@@ -70,7 +64,7 @@ def group_rows(row_experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def rows_by_expert(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, expert, soft_targets: tuple | None):
     """A batch with its rows sorted by expert when each row has its own (a summed loss does not depend on
     the order of the rows), so that each expert's rows are one contiguous block; else as it is."""
-    if expert is None or is_model_vector(expert):  # one model for every row (a soup's domain weights h)
+    if expert is None:
         return inputs, targets, mask, expert, soft_targets
     indices = expert_indices(expert, len(inputs))
     if indices.ndim == 0:

@@ -51,6 +51,17 @@ def domain_weights(histogram: np.ndarray, k: int) -> np.ndarray:
     return h / h.sum()
 
 
+def step_weights(spec: ModelSpec, expert) -> np.ndarray:
+    """A train step's `expert` for a soup: its domain weights h, one vector of k floats for the whole batch (the
+    model every row goes through), as float32; anything else is one clear error."""
+    h = np.asarray(expert)
+    if expert is None or h.dtype.kind != "f" or h.shape != (spec.soup.k,):
+        got = "none" if expert is None else f"{h.dtype} of shape {h.shape}"
+        raise PnlmError(f"a soup of experts over {spec.soup.k} clusters takes domain weights h ({spec.soup.k} "
+                        f"floats) for the batch, got {got}")
+    return h.astype(np.float32)
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
