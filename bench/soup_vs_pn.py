@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pn_ablation import eval_every  # the grid's evaluations (about 8, the last at the last step): the same steps
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 DOMAINS = {"arxiv": "arxiv_science", "freelaw": "freelaw_legal", "github": "github_code", "gutenberg": "gutenberg_books",
@@ -60,11 +62,10 @@ def evaluations(run: Path) -> list[tuple[int, float]]:
 
 def pretrain_soup(args, seed: int) -> Path:
     run = args.out / "runs" / run_name("soup", args.lr, seed, args.steps)
-    evals = 8  # bench/pn_ablation.py's: about 8 evaluations, the last at the last step
     command = [str(Path(sys.executable).parent / "pnlm"), "pretrain", "--method", "soup", "--model", "soup-small",
                "--data", str(args.data), "--clusters", str(args.clusters), "--backend", "torch",
                "--steps", str(args.steps), "--batch-size", "8", "--lr", f"{args.lr:g}", "--seed", str(seed),
-               "--eval-every", str(max(args.steps // evals, 1)), "--checkpoint-every", str(max(args.steps // 4, 1)),
+               "--eval-every", str(eval_every(args.steps, 8)), "--checkpoint-every", str(max(args.steps // 4, 1)),
                "--out", str(run), "--resume", "--json"]
     if not any(step == args.steps for step, _ in (evaluations(run) if (run / "metrics.jsonl").is_file() else [])):
         print(" ".join(command), flush=True)

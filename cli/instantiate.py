@@ -31,5 +31,6 @@ def instantiate(
         console.print(f"domain {report['domain']}: {report['windows']:,} train windows; top cluster "
                       f"{report['top_cluster']} with share {report['top_share']:.3f}; entropy {report['entropy']:.3f} "
                       f"nats; histogram {shares}")
-    which = f"expert {report['expert']}" if "expert" in report else "the histogram's mixture of experts"
+    which = (f"expert {report['expert']}" if "expert" in report else "the soup's model for the histogram"
+             if report["kind"] == "soup" else "the histogram's mixture of experts")
     console.print(f"{which} of {run} ({report['kind']}) written to {out}: {report['params']:,} parameters")

@@ -15,7 +15,8 @@ from pnlm.cli.options import BACKEND_HELP, COMPILE_HELP, LOG_EVERY_HELP, LOG_TO,
 def pretrain(
     method: str = typer.Option("slm", "--method", help="slm or llm (one model on every window), pn (a projected "
                                "network over --clusters), mix (k independent models, one per cluster) or is "
-                               "(importance sampling: generic windows drawn by the --domain's cluster histogram)."),
+                               "(importance sampling: generic windows drawn by the --domain's cluster histogram) or soup (a soup of "
+                               "experts over --clusters: a model for any domain's histogram, docs/soup.md)."),
     model: str = typer.Option(..., "--model", help="A preset (tiny, small, llm-small, slm-126m, llm-771m; projected: pn-tiny, pn-small, pn-126m) or a spec.toml."),
     data: Path = typer.Option(..., "--data", help="Token store from `pnlm data prepare` (its train split)."),
     clusters: Path | None = typer.Option(None, "--clusters", help="pn, mix and is: the clusters the store is labelled with."),

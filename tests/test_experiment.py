@@ -149,6 +149,13 @@ def test_a_method_dropped_then_added_back_keeps_every_other_result(smoke_run, tm
     refused = subprocess.run([*PNLM, "experiment", "run", str(changed), "--out", str(out)], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "another plan" in refused.stderr
+    # Dropped, then added back with other settings: its runs were made with the old ones.
+    assert subprocess.run([*PNLM, "experiment", "run", str(without), "--out", str(out)], capture_output=True,
+                          timeout=120).returncode == 0
+    readded = subprocess.run([*PNLM, "experiment", "run", str(changed), "--out", str(out)], capture_output=True,
+                             text=True, timeout=120)
+    assert readded.returncode == 2 and "made with another model than the plan's" in readded.stderr, readded.stderr
+    assert (out / "results.csv").read_bytes() != (smoke_run / "results.csv").read_bytes()  # still without soup
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -149,20 +149,34 @@ class Runner:
         return rows
 
     # 2. Pretraining
-    def spec_file(self, name: str) -> Path:
+    def spec_text(self, name: str) -> str:
+        """work/specs/NAME.toml of the slm, llm or soup model, as this plan makes it."""
         spec = {"llm": self.plan.llm, "soup": self.plan.slm.with_soup(self.plan.soup)}.get(name, self.plan.slm)
+        fields = spec.to_dict()
+        lines = ["[model]"] + [f"{key} = {json.dumps(value)}" for key, value in fields.items()
+                               if value is not None and not isinstance(value, dict)]
+        for key, table in fields.items():
+            if isinstance(table, dict):
+                lines += [f"[model.{key}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        return "\n".join(lines) + "\n"
+
+    def spec_file(self, name: str) -> Path:
         path = self.work / "specs" / f"{name}.toml"
         if not path.is_file():
-            fields = spec.to_dict()
-            lines = ["[model]"] + [f"{key} = {json.dumps(value)}" for key, value in fields.items()
-                                   if value is not None and not isinstance(value, dict)]
-            for key, table in fields.items():
-                if isinstance(table, dict):
-                    lines += [f"[model.{key}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_file(path) as f:
-                f.write(("\n".join(lines) + "\n").encode())
+                f.write(self.spec_text(name).encode())
         return path
+
+    def check_specs(self) -> None:
+        """The models this experiment's runs were made with (work/specs/*.toml) are the plan's: a method dropped,
+        then added back with other settings, would otherwise report its old runs under the new settings."""
+        parts = {part for m in self.cell_methods for part in SHARED_PRETRAINING.get(m, ())}
+        in_use = {"slm"} | (parts & {"llm", "soup"})  # the specs this plan's methods read
+        for path in sorted((self.work / "specs").glob("*.toml")):
+            if path.stem in in_use and path.read_text() != self.spec_text(path.stem):
+                raise PnlmError(f"{path}: this experiment's {path.stem} runs were made with another model than the "
+                                f"plan's; use another --out")
 
     def pretrain(self, method: str, budget: int, domain: str | None = None) -> dict[str, Any]:
         """One pretraining run (shared, or for `is` one domain's); resumed if a previous run was killed."""
@@ -293,7 +307,7 @@ class Runner:
         runs = [{"kind": "pretrain", "method": m, "budget_steps": b, "domain": "", "domain_tokens": 0,
                  **{k: s[k] for k in ("steps", "tokens", "flops", "seconds", "device_hours", "device")},
                  "backend": self.plan.backend} for (m, b), s in shared.items()]
-        for record in sorted((self.work / "pretrain").glob("is-*.json")):
+        for record in sorted((self.work / "pretrain").glob("is-*.json")) if "is" in self.cell_methods else ():
             s = json.loads(record.read_text())
             _, budget, domain = record.stem.split("-", 2)
             runs.append({"kind": "pretrain", "method": "is", "budget_steps": int(budget), "domain": domain,
@@ -308,6 +322,7 @@ class Runner:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {
             "plan": self.plan.name, "started": _now(), "commit": _commit(), "machine": _machine(), "pnlm": __version__}
         info["finished"] = None
+        self.check_specs()
         write_json(self.out / "plan.json", self.plan.to_json())  # first: it marks DIR as an experiment's
         write_json(info_path, info)
         self.prepare()

@@ -11,13 +11,14 @@ A run's config.json records the clusters (path, k, sha256 of the centroids).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pnlm.checkpoints.checkpoint import ModelWriter, load_checkpoint
+from pnlm.checkpoints.checkpoint import CONFIG_FILE, ModelWriter, load_checkpoint
 from pnlm.clustering.clusters import Clusters
 from pnlm.data.samplers import cluster_labels, ordered_groups
 from pnlm.data.store import TokenStore
@@ -72,9 +73,12 @@ def pretrain(job: Pretraining, clusters: Clusters) -> TrainSummary:
 
 
 def is_soup_run(run: Path) -> bool:
+    """Whether a run's final checkpoint is a soup's, from its config.json alone (instantiate then loads and
+    verifies the whole checkpoint once)."""
     try:
-        return load_checkpoint(final_checkpoint(run)).spec.soup is not None
-    except PnlmError:
+        config = json.loads((final_checkpoint(run) / CONFIG_FILE).read_text())
+        return isinstance(config, dict) and isinstance(config.get("spec"), dict) and config["spec"].get("soup") is not None
+    except (PnlmError, OSError, ValueError):
         return False
 
 
