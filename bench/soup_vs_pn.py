@@ -2,18 +2,19 @@
 docs/results/soup.md).
 
     python bench/soup_vs_pn.py --data STORE --clusters CLUSTERS --tokenizer TOK --grid GRID --out DIR \
-        [--seeds 0,1] [--lr 2e-3] [--steps 1500] [--domain-tokens 32000] [--reuse-embeddings DIR ...]
+        [--seeds 0,1] [--lr 2e-3] [--steps 1500] [--evals 5] [--domain-tokens 32000] [--reuse-embeddings DIR ...]
 
 The generic data, steps, batch (8 windows of the store's context) and learning rate of the SLM and PN runs of
-bench/pn_ablation.py's grid in GRID (runs/slm-lr{lr}-s{seed}-{steps}, runs/pn-mixed-shared-lr{lr}-s{seed}-{steps}):
-this script pretrains the soup (`soup-small`) alike into DIR/runs/soup-lr{lr}-s{seed}-{steps}, with the
-same evaluations, then for every shared-corpora domain (its first --max-documents documents, split 80/10/10,
-its train split cut to --domain-tokens, labelled with CLUSTERS) and every seed: the SLM, PN's top-cluster
-expert and the soup's model for the domain's histogram, evaluated on the domain's test split before and
-after fine-tuning (torch, early stopping). Every step leaves a record (DIR/records/*.json): a rerun continues,
-a killed pretraining resumes from its checkpoint. Then DIR/results.csv, DIR/summary.md and DIR/curves.png.
---reuse-embeddings: finished MiniLM caches of stores holding the same tokens (another experiment's domain
-stores), copied instead of embedding the windows again.
+bench/pn_ablation.py's grid in GRID (runs/slm-lr{lr}-s{seed}-{steps},
+runs/pn-mixed-shared-lr{lr}-s{seed}-{steps}): this script pretrains the soup (`soup-small`) alike into
+DIR/runs/soup-lr{lr}-s{seed}-{steps}, with the same evaluations (--evals: the grid's), then for every
+shared-corpora domain (its first --max-documents documents, split 80/10/10, its train split cut to
+--domain-tokens, labelled with CLUSTERS) and every seed: the SLM, PN's top-cluster expert and the soup's model
+for the domain's histogram, evaluated on the domain's test split before and after fine-tuning (torch, early
+stopping). Every step leaves a record (DIR/records/*.json): a rerun continues, a killed pretraining resumes from
+its checkpoint. Then DIR/results.csv, DIR/summary.md and DIR/curves.png. --reuse-embeddings: finished MiniLM
+caches of stores holding the same tokens (another experiment's domain stores), copied instead of embedding the
+windows again.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def pretrain_soup(args, seed: int) -> Path:
     command = [str(Path(sys.executable).parent / "pnlm"), "pretrain", "--method", "soup", "--model", "soup-small",
                "--data", str(args.data), "--clusters", str(args.clusters), "--backend", "torch",
                "--steps", str(args.steps), "--batch-size", "8", "--lr", f"{args.lr:g}", "--seed", str(seed),
-               "--eval-every", str(eval_every(args.steps, 8)), "--checkpoint-every", str(max(args.steps // 4, 1)),
+               "--eval-every", str(eval_every(args.steps, args.evals)), "--checkpoint-every", str(max(args.steps // 4, 1)),
                "--out", str(run), "--resume", "--json"]
     if not any(step == args.steps for step, _ in (evaluations(run) if (run / "metrics.jsonl").is_file() else [])):
         print(" ".join(command), flush=True)
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--evals", type=int, default=5, help="evaluations of the pretraining: the grid's --evals")
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--domain-tokens", type=int, default=32000)
     parser.add_argument("--max-documents", type=int, default=300)
