@@ -79,6 +79,25 @@ def tiny_checkpoint(tmp_path_factory, tokenizer, tiny_spec):
     return save_checkpoint(path, tiny_spec, init_weights(tiny_spec, seed=0), tokenizer)
 
 
+def assert_resume_after_kill_is_exact(common: list, folder) -> None:
+    """`pnlm` with argv `common` (a pretraining checkpointing at step 8) run straight into folder/straight, and
+    killed after its first checkpoint then resumed into folder/killed: the same loss at every step."""
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "pnlm.cli", *map(str, common)]
+    assert subprocess.run([*cli, "--out", str(folder / "straight")], capture_output=True).returncode == 0
+    run = folder / "killed"
+    assert kill_after_first_checkpoint([*cli, "--out", str(run)], run) == 8
+    assert subprocess.run([*cli, "--out", str(run), "--resume"], capture_output=True).returncode == 0
+
+    def losses(path):
+        return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(folder / "straight") == losses(run)
+
+
 def kill_after_first_checkpoint(command: list, run) -> int:
     """Start a training command (argv) writing to run, SIGKILL its whole process group as soon as its
     first resumable checkpoint lands, and return the step that checkpoint holds."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import kill_after_first_checkpoint
+from conftest import assert_resume_after_kill_is_exact
 from pnlm.checkpoints.checkpoint import load_checkpoint
 from pnlm.data.samplers import RoutedSampler, UniformSampler
 
@@ -53,15 +53,7 @@ def test_pn_resume_after_kill_gives_the_uninterrupted_losses(tmp_path, corpus):
     common = ["pretrain", "--method", "pn", "--model", "pn-tiny", "--data", generic.path, "--clusters", clusters,
               "--projection", "3,2,2", "--backend", "torch", "--steps", 16, "--batch-size", 4, "--lr", 3e-3,
               "--checkpoint-every", 8, "--seed", 2]
-    assert pnlm_cli(*common, "--out", tmp_path / "straight").returncode == 0
-    run = tmp_path / "killed"
-    assert kill_after_first_checkpoint([sys.executable, "-m", "pnlm.cli", *common, "--out", run], run) == 8
-    assert pnlm_cli(*common, "--out", run, "--resume").returncode == 0
-
-    def losses(path):
-        return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-    assert losses(tmp_path / "straight") == losses(run)
+    assert_resume_after_kill_is_exact(common, tmp_path)
 
 
 def test_pn_batches_are_the_slms_with_each_rows_cluster(tmp_path, corpus):

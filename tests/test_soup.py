@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import kill_after_first_checkpoint
+from conftest import assert_resume_after_kill_is_exact
 
 from pnlm.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from pnlm.checkpoints.weights import init_weights
@@ -189,15 +189,7 @@ def test_soup_resume_after_kill_gives_the_uninterrupted_losses(tmp_path, corpus)
     common = ["pretrain", "--method", "soup", "--model", tmp_path / "soup.toml", "--data", generic.path,
               "--clusters", clusters, "--backend", "torch", "--steps", 16, "--batch-size", 4, "--lr", 3e-3,
               "--checkpoint-every", 8, "--seed", 2]
-    assert pnlm_cli(*common, "--out", tmp_path / "straight").returncode == 0
-    run = tmp_path / "killed"
-    assert kill_after_first_checkpoint([sys.executable, "-m", "pnlm.cli", *common, "--out", run], run) == 8
-    assert pnlm_cli(*common, "--out", run, "--resume").returncode == 0
-
-    def losses(path):
-        return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-    assert losses(tmp_path / "straight") == losses(run)
+    assert_resume_after_kill_is_exact(common, tmp_path)
 
 
 def test_a_soup_is_checked_and_refused_where_a_plain_model_is_needed(tmp_path, tokenizer, soup_spec):
