@@ -56,7 +56,7 @@ demo: $(STAMP)
 	@echo "== demo finished: outputs in $(DEMO)/"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	@mkdir -p .bench

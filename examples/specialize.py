@@ -5,7 +5,7 @@ windows, embedded and clustered; a projected network is pretrained over the clus
 is labelled with the same clusters and gets the plain small model of its cluster's expert, which is
 fine-tuned on it with MLX, evaluated before and after, and run.
 
-    python examples/specialize.py OUT [--steps 300] [--finetune-steps 60] [--documents 60]
+    python examples/specialize.py OUT [--steps 300] [--finetune-steps 60] [--documents 60] [--embedder DIR]
 
 A few minutes on a laptop's CPU at the default size; every function is pnlm's public API.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 import pnlm
 
 
-def specialize(out: Path, steps: int = 300, finetune_steps: int = 60, documents: int = 60) -> dict[str, float]:
+def specialize(out: Path, steps: int = 300, finetune_steps: int = 60, documents: int = 60,
+               embedder: Path | None = None) -> dict[str, float]:
     books = sorted((Path(pnlm.__file__).parent / "sample_data").glob("*.jsonl.gz"))
     generic = [book for book in books if "hamlet" not in book.name]
     hamlet = [book for book in books if "hamlet" in book.name]
@@ -28,7 +29,7 @@ def specialize(out: Path, steps: int = 300, finetune_steps: int = 60, documents:
     pnlm.train_tokenizer(books, 1024, out / "tokenizer", read=first)
     pnlm.prepare(generic, out / "tokenizer", 64, out / "generic", read=first)
     pnlm.prepare(hamlet, out / "tokenizer", 64, out / "hamlet", valid_fraction=0.15, test_fraction=0.15)
-    pnlm.cluster(out / "generic", 4, out / "clusters")
+    pnlm.cluster(out / "generic", 4, out / "clusters", embedder=embedder)  # None: all-MiniLM-L6-v2
     histogram = pnlm.assign(out / "hamlet", out / "clusters", split="train", all_splits=True)
     print(f"Hamlet's windows by cluster: {[round(share, 2) for share in histogram.histogram]}")
 
@@ -59,5 +60,6 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=300, help="Pretraining steps.")
     parser.add_argument("--finetune-steps", type=int, default=60, help="Fine-tuning steps at most.")
     parser.add_argument("--documents", type=int, default=60, help="Generic documents to read.")
+    parser.add_argument("--embedder", type=Path, help="A sentence-transformers folder (default: all-MiniLM-L6-v2).")
     args = parser.parse_args()
-    specialize(args.out, args.steps, args.finetune_steps, args.documents)
+    specialize(args.out, args.steps, args.finetune_steps, args.documents, args.embedder)

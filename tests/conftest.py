@@ -22,6 +22,10 @@ torch.set_num_threads(1)
 # (`make bench` sets PNLM_LONG=1), not in `make test`.
 LONG = os.environ.get("PNLM_LONG") == "1"
 
+# The threads a test that runs one job at a time may give it: both cores when this is the only pytest process,
+# one when pytest-xdist runs a test beside it on the other (`make test` runs two at a time).
+FREE_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -31,7 +35,8 @@ def pytest_collection_modifyitems(config, items):
 SAMPLE_DIR = os.path.join(os.path.dirname(pnlm.__file__), "sample_data")
 SAMPLE_DATA = sorted(os.path.join(SAMPLE_DIR, name) for name in os.listdir(SAMPLE_DIR) if name.endswith(".jsonl.gz"))
 
-# An experiment plan small enough to run in seconds: three methods, one budget, one domain, one size.
+# An experiment plan small enough to run in seconds: three methods, one budget, one domain, one size; its windows
+# embedded by the tiny random BERT (tests/embedders.py), MiniLM's fidelity being tested in test_cluster*.py.
 MICRO_PLAN = f"""
 name = "micro"
 methods = ["slm", "nopt", "is"]
@@ -43,6 +48,7 @@ tokenizer_inputs = ["{os.path.join(SAMPLE_DIR, 'shakespeare_hamlet.jsonl.gz')}"]
 vocab_size = 512
 context = 64
 clusters = 2
+embedder = "{{embedder}}"
 generic_max_documents = 20
 domain_tokens = [3000]
 valid_fraction = 0.15
@@ -61,6 +67,17 @@ steps = 8
 batch_size = 4
 eval_every = 4
 """
+
+
+def micro_plan(embedder) -> str:
+    return MICRO_PLAN.replace("{embedder}", str(embedder))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory):
+    from embedders import build_tiny_embedder
+
+    return build_tiny_embedder(tmp_path_factory.mktemp("embedder") / "tiny-bert")
 
 
 @pytest.fixture(scope="session")
@@ -150,9 +167,10 @@ def numbers(n, seed):
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory, tokenizer):
+def corpus(tmp_path_factory, tokenizer, tiny_embedder):
     """A generic store of prose and numbers in 2 clusters, and a domain of numbers labelled with them (the methods
-    built on clusters: tests/test_cluster_methods.py, tests/test_soup.py)."""
+    built on clusters: tests/test_cluster_methods.py, tests/test_soup.py). The tiny random BERT tells numbers from
+    prose as MiniLM does, in a second rather than half a minute."""
     from pnlm.clustering import assign_clusters, fit_clusters
     from pnlm.data.prepare import prepare_store
 
@@ -160,7 +178,7 @@ def corpus(tmp_path_factory, tokenizer):
     prose = list(iter_documents(SAMPLE_DATA[:1]))[:20]
     generic = prepare_store(prose + numbers(20, seed=0), tokenizer, root / "generic", context=64,
                             valid_fraction=0.15, test_fraction=0.1, workers=1)[0]
-    fit_clusters(generic, None, 2, root / "clusters")
+    fit_clusters(generic, None, 2, root / "clusters", embedder=tiny_embedder)
     domain = prepare_store(numbers(12, seed=1), tokenizer, root / "domain", context=64, valid_fraction=0.25,
                            test_fraction=0.25, workers=1)[0]
     assign_clusters(domain, None, root / "clusters", all_splits=True)

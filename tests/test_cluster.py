@@ -311,10 +311,11 @@ def test_cli_help():
         assert result.returncode == 0 and "--tokenizer" in result.stdout
 
 
-def test_cluster_killed_midway_leaves_no_clusters_and_a_rerun_completes(tokenizer, tmp_path):
+def test_cluster_killed_midway_leaves_no_clusters_and_a_rerun_completes(tokenizer, tiny_embedder, tmp_path):
     docs = prose(60) + numbers(60, seed=5)
     store, _ = prepare_store(iter(docs), tokenizer, tmp_path / "store", context=32, valid_fraction=0, test_fraction=0)
-    args = ["data", "cluster", store.path, "--k", 2, "--out", tmp_path / "clusters", "--tokenizer", tokenizer.path.parent]
+    args = ["data", "cluster", store.path, "--k", 2, "--embedder", tiny_embedder, "--batch-size", 4,  # to be killed
+            "--out", tmp_path / "clusters", "--tokenizer", tokenizer.path.parent]
     child = subprocess.Popen([sys.executable, "-m", "pnlm.cli", *map(str, args)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

@@ -15,7 +15,7 @@ import pytest
 
 from pnlm.errors import InputError
 
-from conftest import MICRO_PLAN
+from conftest import FREE_THREADS, micro_plan
 from pnlm.data.store import TokenStore
 from pnlm.data.subset import subset_store
 from pnlm.experiment.plan import METHODS, PlanError, load_plan
@@ -32,28 +32,31 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def one_domain_smoke_plan(folder: Path) -> Path:
-    """The smoke plan with one domain, one domain size and half its pretraining steps: every method, two
-    budgets, a quarter of the cells (CI time; `pnlm experiment run plans/smoke.toml` runs all of it)."""
+def one_domain_smoke_plan(folder: Path, embedder: Path) -> Path:
+    """The smoke plan with one domain, one domain size and 15 and 45 pretraining steps: every method, two
+    budgets, a quarter of the cells; its windows embedded by the tiny random BERT (CI time: MiniLM took
+    2 of its 3 minutes here; `pnlm experiment run plans/smoke.toml` runs all of it, with MiniLM)."""
     text = (SMOKE.read_text().replace('"../pnlm/', f'"{ROOT}/pnlm/')
+            .replace("clusters = 4\n", f'clusters = 4\nembedder = "{embedder}"\n')
             .replace("domain_tokens = [3000, 12000]", "domain_tokens = [12000]")
-            .replace("budgets = [40, 120]", "budgets = [20, 60]"))
+            .replace("budgets = [40, 120]", "budgets = [15, 45]"))
     lines = [line for line in text.splitlines() if not line.startswith("bierce = ")]
     plan = folder / "smoke-one-domain.toml"
     plan.write_text("\n".join(lines) + "\n")
     assert list(load_plan(plan).domains) == ["hamlet"] and load_plan(plan).domain_tokens == (12000,)
-    assert load_plan(plan).pretrain.budgets == (20, 60)
+    assert load_plan(plan).pretrain.budgets == (15, 45) and load_plan(plan).embedder == embedder
     return plan
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, tiny_embedder):
     folder = tmp_path_factory.mktemp("smoke")
     out = folder / "run"
-    # Both cores: the plan runs torch only (no MLX to collapse beside another thread), and this process waits.
-    threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    subprocess.run([*PNLM, "experiment", "run", str(one_domain_smoke_plan(folder)), "--out", str(out)], check=True,
-                   capture_output=True, env={**os.environ, **threads})
+    # Both cores when free: the plan runs torch only (no MLX to collapse beside another thread), and this process waits.
+    threads = {"OMP_NUM_THREADS": FREE_THREADS, "MKL_NUM_THREADS": FREE_THREADS}
+    plan = one_domain_smoke_plan(folder, tiny_embedder)
+    subprocess.run([*PNLM, "experiment", "run", str(plan), "--out", str(out)], check=True, capture_output=True,
+                   env={**os.environ, **threads})
     return out
 
 
@@ -94,12 +97,12 @@ def _kill_when(command: list, ready) -> None:
 
 
 @pytest.mark.long  # 1 min: the fault suite kills `experiment run` at 2 random moments in every `make test`
-def test_killed_twice_and_rerun_gives_the_same_results(tmp_path):
+def test_killed_twice_and_rerun_gives_the_same_results(tmp_path, tiny_embedder):
     """Killed in the middle of a pretraining (after its first checkpoint), then among the cells, and
     rerun: the same results.csv, byte for byte, as an uninterrupted run (a micro plan, for time;
     tests/test_faults.py kills it at 2 random moments more, 50 in the recorded run)."""
     plan = tmp_path / "micro.toml"
-    plan.write_text(MICRO_PLAN)
+    plan.write_text(micro_plan(tiny_embedder))
     straight, out = tmp_path / "straight", tmp_path / "run"
     subprocess.run([*PNLM, "experiment", "run", str(plan), "--out", str(straight)], check=True, capture_output=True)
     command = [*PNLM, "experiment", "run", str(plan), "--out", str(out)]
@@ -169,6 +172,7 @@ def test_a_method_dropped_then_added_back_keeps_every_other_result(smoke_run, tm
     (lambda t: t.replace("d_ff = 176", "d_ff = -1"), "d_ff"),
     (lambda t: t.replace("lr = 3e-3", 'lr = "fast"'), "lr"),
     (lambda t: t + "\n[[broken", "not valid TOML"),
+    (lambda t: t.replace("clusters = 4\n", 'clusters = 4\nembedder = "no-such-folder"\n'), "data.embedder"),
     (lambda t: t.replace("soup = { banks = 2 }", "soup = { banks = 0 }"), "models.soup.banks"),
     (lambda t: t.replace("soup = { banks = 2 }", "soup = { banks = 2, k = 4 }"), "models.soup"),
     (lambda t: t.replace("soup = { banks = 2 }", "soup = { banks = 2, clusters_per_draw = 5 }"),

@@ -30,7 +30,7 @@ import pytest
 from pnlm.checkpoints.checkpoint import verify_checkpoint
 from pnlm.data.store import TokenStore
 
-from conftest import MICRO_PLAN
+from conftest import FREE_THREADS, micro_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "pnlm" / "sample_data"
@@ -269,11 +269,12 @@ def test_finetune_survives_kill_9(workspace):
     assert inject(_training_target("finetune", argv, run), KILLS, SEED + 3).kills == KILLS
 
 
-def test_experiment_run_survives_kill_9(workspace):
+def test_experiment_run_survives_kill_9(workspace, tiny_embedder):
     plan, out = workspace / "micro.toml", workspace / "experiment"
-    plan.write_text(MICRO_PLAN)
-    # Both cores (the plan is torch only: no MLX to collapse beside another thread; this process waits).
-    argv = ["env", "OMP_NUM_THREADS=2", "MKL_NUM_THREADS=2", *PNLM, "experiment", "run", plan, "--out", out]
+    plan.write_text(micro_plan(tiny_embedder))
+    # Both cores when free (the plan is torch only: no MLX to collapse beside another thread; this process waits).
+    argv = ["env", f"OMP_NUM_THREADS={FREE_THREADS}", f"MKL_NUM_THREADS={FREE_THREADS}", *PNLM, "experiment", "run",
+            plan, "--out", out]
 
     def after_kill() -> None:
         for record in [*out.glob("work/*.json"), *out.glob("cells/*.json")]:

@@ -12,6 +12,7 @@
     context = 128
     clusters = 4                   # k of the generic set's clustering (mix experts, PN experts, IS clusters)
     generic_max_documents = 0      # read only the first N documents (0: all); also domain_max_documents
+    embedder = "minilm/"           # optional: a sentence-transformers folder (default: all-MiniLM-L6-v2)
     domain_tokens = [4000, 16000]  # domain train sizes, in tokens
     [data.domains]
     hamlet = ["hamlet.jsonl.gz"]
@@ -70,7 +71,7 @@ class PlanError(PnlmError):
 KEYS: dict[str, set[str]] = {
     "name": set(), "methods": set(), "backend": set(), "finetune_backend": set(), "seed": set(),
     "data": {"generic", "tokenizer_inputs", "generic_max_documents", "domain_max_documents", "vocab_size", "context",
-             "clusters", "domain_tokens", "valid_fraction", "test_fraction", "domains"},
+             "clusters", "embedder", "domain_tokens", "valid_fraction", "test_fraction", "domains"},
     "models": {"slm", "llm", "pn", "soup"},
     "pretrain": {"budgets", "batch_size", "lr", "checkpoint_every"},
     "finetune": {"steps", "batch_size", "lr", "eval_every", "patience"},
@@ -127,11 +128,13 @@ class Plan:
     tokenizer_inputs: tuple[Path, ...] = field(default=())
     generic_max_documents: int = 0  # 0: every document of the inputs
     domain_max_documents: int = 0
+    embedder: Path | None = None  # None: the default embedder (all-MiniLM-L6-v2)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "methods": list(self.methods),
                 "budgets": list(self.pretrain.budgets), "domains": list(self.domains),
                 "domain_tokens": list(self.domain_tokens), "clusters": self.clusters,
+                **({"embedder": str(self.embedder)} if self.embedder is not None else {}),
                 "models": {"slm": self.slm.to_dict(), "llm": self.llm.to_dict(),
                            "pn": {"h": self.projection[0], "k": self.clusters, "m": self.projection[1]},
                            **({"soup": dataclasses.asdict(self.soup)} if "soup" in self.methods else {})},
@@ -215,6 +218,14 @@ class _Reader:
         for original, p in zip(value, resolved):
             if not p.is_file():
                 raise self.fail(key, f"an existing file ({original} is not one, looked at {p})")
+        return resolved
+
+    def folder(self, value: Any, key: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "a folder path", value)
+        resolved = (self.path.parent / value).resolve()
+        if not resolved.is_dir():
+            raise self.fail(key, f"an existing folder ({value} is not one, looked at {resolved})")
         return resolved
 
     def spec(self, value: Any, key: str, vocab_size: int, context: int) -> ModelSpec:
@@ -322,4 +333,5 @@ class _Reader:
             domain_max_documents=self.get(data, "domain_max_documents", int, 0, low=0),
             tokenizer_inputs=(self.paths(data["tokenizer_inputs"], "data.tokenizer_inputs")
                               if "tokenizer_inputs" in data else ()),
+            embedder=self.folder(data["embedder"], "data.embedder") if "embedder" in data else None,
         )

@@ -108,8 +108,8 @@ class Runner:
 
         def clusters() -> Any:
             with data.windows() as on_progress:
-                return pnlm.cluster(w / "generic", plan.clusters, w / "clusters", seed=plan.seed, overwrite=True,
-                                    on_progress=on_progress)
+                return pnlm.cluster(w / "generic", plan.clusters, w / "clusters", embedder=plan.embedder, seed=plan.seed,
+                                    overwrite=True, on_progress=on_progress)
 
         def labels(full: Path) -> Callable[[], Any]:
             def work() -> Any:
