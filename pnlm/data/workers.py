@@ -64,26 +64,38 @@ def _read_items(items: Connection, inbox: queue.SimpleQueue) -> None:
 
 def _serve(items: Connection, results: Connection, parent: int, work: bytes) -> None:
     # Ctrl-C reaches the terminal's whole process group: the parent says it stops and ends its workers
-    # (with SIGTERM, which a worker keeps). Ignored before the work is unpickled, which imports its modules:
-    # a Ctrl-C during those imports would print their traceback.
+    # (with SIGTERM, which a worker keeps). Ignored before the work is unpickled, which imports its modules.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    # The items are read from the start, so a parent sending a large one never waits on a worker that failed.
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_read_items, args=(items, inbox), daemon=True).start()
+    failed = None
     try:
         function, initializer, initargs = pickle.loads(work)
         if initializer is not None:
             initializer(*initargs)
-    except Exception as error:  # the parent raises it, as if its own
-        _send_back(results, (False, error))
-        return
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_read_items, args=(items, inbox), daemon=True).start()
+    except Exception as error:  # the answer to every item: the parent raises it, as if its own
+        failed = _sendable(error)
     while (item := inbox.get()) is not None:
-        try:
-            outcome = (True, function(*item))
-        except Exception as error:
-            outcome = (False, error)
+        if failed is not None:
+            outcome = (False, failed)
+        else:
+            try:
+                outcome = (True, function(*item))
+            except Exception as error:
+                outcome = (False, _sendable(error))
         if not _send_back(results, outcome):
             return
+
+
+def _sendable(error: Exception) -> Exception:
+    """The error itself when it crosses the pipe whole, else its type and message (a lock in it, say)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def _send_back(results: Connection, outcome: tuple[bool, Any]) -> bool:
@@ -92,6 +104,8 @@ def _send_back(results: Connection, outcome: tuple[bool, Any]) -> bool:
         results.send(outcome)
     except OSError:
         return False
+    except Exception as error:  # a result that does not pickle
+        return _send_back(results, (False, _sendable(error)))
     return True
 
 
@@ -156,7 +170,8 @@ def ordered_map(function: Callable[..., Any], items: Iterable[tuple], workers: i
     pool: list[_Worker] = []
     finished = False
     try:
-        pool = [_start_worker(context, function, initializer, initargs) for _ in range(workers)]
+        for _ in range(workers):  # each kept as it starts: a failed start still stops those before it
+            pool.append(_start_worker(context, function, initializer, initargs))
         senders, receivers = cycle(pool), cycle(pool)  # item j goes to, and comes back from, worker j % workers
         pending = iter(items)
         in_flight = 0

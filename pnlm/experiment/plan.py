@@ -129,12 +129,13 @@ class Plan:
     generic_max_documents: int = 0  # 0: every document of the inputs
     domain_max_documents: int = 0
     embedder: Path | None = None  # None: the default embedder (all-MiniLM-L6-v2)
+    embedder_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "methods": list(self.methods),
                 "budgets": list(self.pretrain.budgets), "domains": list(self.domains),
                 "domain_tokens": list(self.domain_tokens), "clusters": self.clusters,
-                **({"embedder": str(self.embedder)} if self.embedder is not None else {}),
+                **({"embedder": self.embedder_fingerprint} if self.embedder is not None else {}),
                 "models": {"slm": self.slm.to_dict(), "llm": self.llm.to_dict(),
                            "pn": {"h": self.projection[0], "k": self.clusters, "m": self.projection[1]},
                            **({"soup": dataclasses.asdict(self.soup)} if "soup" in self.methods else {})},
@@ -220,13 +221,19 @@ class _Reader:
                 raise self.fail(key, f"an existing file ({original} is not one, looked at {p})")
         return resolved
 
-    def folder(self, value: Any, key: str) -> Path:
+    def embedder(self, value: Any, key: str) -> tuple[Path, str]:
+        """The folder, and the fingerprint of its files: what plan.json records (not the path, which may move)."""
+        from pnlm.clustering.embedder import resolve_embedder
+
         if not isinstance(value, str) or not value:
             raise self.fail(key, "a folder path", value)
         resolved = (self.path.parent / value).resolve()
         if not resolved.is_dir():
             raise self.fail(key, f"an existing folder ({value} is not one, looked at {resolved})")
-        return resolved
+        try:
+            return resolved, resolve_embedder(resolved, precision="float32").fingerprint
+        except PnlmError:
+            raise self.fail(key, f"a sentence-transformers model folder ({value}: no modules.json or config.json)")
 
     def spec(self, value: Any, key: str, vocab_size: int, context: int) -> ModelSpec:
         if isinstance(value, str):
@@ -333,5 +340,6 @@ class _Reader:
             domain_max_documents=self.get(data, "domain_max_documents", int, 0, low=0),
             tokenizer_inputs=(self.paths(data["tokenizer_inputs"], "data.tokenizer_inputs")
                               if "tokenizer_inputs" in data else ()),
-            embedder=self.folder(data["embedder"], "data.embedder") if "embedder" in data else None,
+            **({} if "embedder" not in data else
+               dict(zip(("embedder", "embedder_fingerprint"), self.embedder(data["embedder"], "data.embedder")))),
         )
