@@ -10,7 +10,7 @@ and a worker whose parent is gone (killed) exits within a second rather than lin
 Each worker has a pipe of its own for its items and one for its results, and nothing else is shared.
 (concurrent.futures' pool shares one result queue behind a lock: a worker killed while writing to it
 leaves a half-written result its manager waits on, and the lock held, forever. That hang is CPython's,
-seen here as one `data prepare` in about ten with a worker killed -9 at work.)
+seen here at the 4th `data prepare` whose worker was killed -9 at work, and once in CI.)
 """
 
 from __future__ import annotations

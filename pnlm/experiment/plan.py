@@ -227,13 +227,11 @@ class _Reader:
 
         if not isinstance(value, str) or not value:
             raise self.fail(key, "a folder path", value)
-        resolved = (self.path.parent / value).resolve()
-        if not resolved.is_dir():
-            raise self.fail(key, f"an existing folder ({value} is not one, looked at {resolved})")
-        try:
-            return resolved, resolve_embedder(resolved, precision="float32").fingerprint
-        except PnlmError:
-            raise self.fail(key, f"a sentence-transformers model folder ({value}: no modules.json or config.json)")
+        try:  # the same checks `pnlm data cluster --embedder` makes, said for this key of this file
+            found = resolve_embedder((self.path.parent / value).resolve(), precision="float32")
+        except PnlmError as exc:
+            raise self.fail(key, f"a sentence-transformers model folder ({exc})") from None
+        return found.path, found.fingerprint
 
     def spec(self, value: Any, key: str, vocab_size: int, context: int) -> ModelSpec:
         if isinstance(value, str):
@@ -309,6 +307,8 @@ class _Reader:
         for key, value in (("backend", backend), ("finetune_backend", finetune_backend)):
             if value not in BACKENDS:
                 raise self.fail(key, f"one of {', '.join(BACKENDS)}", value)
+        embedder, embedder_fingerprint = (self.embedder(data["embedder"], "data.embedder") if "embedder" in data
+                                          else (None, None))
         return Plan(
             name=name, path=self.path.resolve(), methods=methods,
             generic=self.paths(data.get("generic"), "data.generic"),
@@ -340,6 +340,5 @@ class _Reader:
             domain_max_documents=self.get(data, "domain_max_documents", int, 0, low=0),
             tokenizer_inputs=(self.paths(data["tokenizer_inputs"], "data.tokenizer_inputs")
                               if "tokenizer_inputs" in data else ()),
-            **({} if "embedder" not in data else
-               dict(zip(("embedder", "embedder_fingerprint"), self.embedder(data["embedder"], "data.embedder")))),
+            embedder=embedder, embedder_fingerprint=embedder_fingerprint,
         )
