@@ -191,12 +191,70 @@ def test_identity_projection_is_k_independent_mlps(tiny_spec, backend):
 
 
 @pytest.mark.parametrize("similarity", [0.0, 0.9])
-def test_an_instantiated_expert_starts_at_the_scale_of_a_fresh_slm(tiny_spec, similarity):
-    spec = dataclasses.replace(tiny_spec, projection=Projection(h=16, k=8, m=8, expert_similarity=similarity))
+@pytest.mark.parametrize("init", ["matched", "unit-variance"])
+def test_an_instantiated_expert_starts_at_the_scale_of_a_fresh_slm(tiny_spec, similarity, init):
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=16, k=8, m=8, expert_similarity=similarity, init=init))
     weights, fresh = init_weights(spec.validate(), seed=0), init_weights(tiny_spec, seed=0)
-    ratios = [instantiate(weights, spec, expert_vector(weights, expert=i))[f"{prefix}.weight"].std()
-              / fresh[f"{prefix}.weight"].std() for prefix in projected_matrices(spec) for i in range(spec.projection.k)]
-    assert 0.8 < np.mean(ratios) < 1.25 and max(ratios) < 2.5, ratios
+    for prefix in projected_matrices(spec):
+        ratios = [instantiate(weights, spec, expert_vector(weights, expert=i))[f"{prefix}.weight"].std()
+                  / fresh[f"{prefix}.weight"].std() for i in range(spec.projection.k)]
+        if init == "matched":  # each matrix's experts at the SLM's scale (rms over them), not only on average
+            assert abs(np.sqrt(np.mean(np.square(ratios))) - 1) < 0.02, (prefix, ratios)
+        else:  # one draw of M per matrix: its experts share a random multiple of the SLM's scale
+            assert 0.3 < np.mean(ratios) < 3, (prefix, ratios)
+
+
+def test_matched_experts_move_at_the_slms_pace_and_unit_variance_ones_at_a_random_one(tiny_spec):
+    """AdamW's first step moves every trained entry by the learning rate: an SLM's MLP matrices by lr, an
+    expert's W by |a|_1 lr through its basis tensors (and a little more through M and E). Matched, that is
+    the SLM's pace for every matrix; unit-variance, each matrix has its own (h = 4: 0.8 to 2.8 seen)."""
+    lr = 1e-3
+    tokens = np.random.default_rng(5).integers(0, tiny_spec.vocab_size, (4, 33))
+    paces = {}
+    for init in ("matched", "unit-variance"):
+        spec = dataclasses.replace(tiny_spec, projection=Projection(h=4, k=4, m=4, init=init)).validate()
+        step = build("torch", spec, init_weights(spec, seed=1))
+        before = step.canonical_weights()
+        step(tokens[:, :-1], tokens[:, 1:], expert=2)
+        after = step.canonical_weights()
+        paces[init] = [np.abs(instantiate(after, spec, expert_vector(after, expert=2))[f"{prefix}.weight"]
+                              - instantiate(before, spec, expert_vector(before, expert=2))[f"{prefix}.weight"]).mean() / lr
+                       for prefix in projected_matrices(spec)]
+    assert all(0.7 < pace < 1.4 for pace in paces["matched"]), paces["matched"]
+    assert max(paces["unit-variance"]) / min(paces["unit-variance"]) > 1.5, paces["unit-variance"]
+
+
+def test_projection_init_is_optional_checked_and_ignored_on_resume(tmp_path, tokenizer, tiny_spec):
+    import json
+
+    from pnlm.checkpoints.checkpoint import read_spec, save_checkpoint
+    from pnlm.checkpoints.run_identity import _comparable_spec
+
+    settings = tiny_spec.to_dict()
+    assert ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2}}).projection.init == "unit-variance"
+    with pytest.raises(SpecError, match="projection.init must be one of unit-variance, matched"):
+        ModelSpec.from_dict({**settings, "projection": {"h": 2, "k": 3, "m": 2, "init": "xavier"}})
+    spec = dataclasses.replace(tiny_spec, projection=Projection(h=2, k=3, m=2, init="matched")).validate()
+    save_checkpoint(tmp_path / "pn", spec, init_weights(spec, 0), tokenizer, "pn")
+    config = json.loads((tmp_path / "pn" / "config.json").read_text())
+    assert read_spec(tmp_path / "pn").projection.init == "matched"
+    del config["spec"]["projection"]["init"]  # what an older pnlm wrote: its networks started unit-variance
+    assert read_spec(tmp_path / "pn", config).projection.init == "unit-variance"
+    other = dataclasses.replace(spec, projection=Projection(h=2, k=3, m=2))
+    assert _comparable_spec(spec.to_dict()) == _comparable_spec(other.to_dict())
+
+
+def test_matched_is_the_unit_variance_draw_rescaled_per_matrix(tiny_spec):
+    old = dataclasses.replace(tiny_spec, projection=Projection(h=4, k=4, m=4, init="unit-variance")).validate()
+    new = dataclasses.replace(old, projection=Projection(h=4, k=4, m=4, init="matched"))
+    a, b = init_weights(old, seed=3), init_weights(new, seed=3)
+    for prefix in projected_matrices(old):
+        for i in range(4):  # the same experts up to one factor per matrix
+            wa = instantiate(a, old, expert_vector(a, expert=i))[f"{prefix}.weight"]
+            wb = instantiate(b, new, expert_vector(b, expert=i))[f"{prefix}.weight"]
+            factor = (wb * wa).sum() / (wa * wa).sum()
+            assert np.allclose(wb, factor * wa, atol=1e-6), prefix
+        assert abs(np.abs(b[EXPERT_EMBEDDING] @ b[f"{prefix}.mix"]).sum(axis=1).mean() - 1) < 1e-5
 
 
 def test_a_projected_network_is_refused_where_a_plain_model_is_needed(tmp_path, tokenizer, tiny_spec):

@@ -30,10 +30,11 @@ def store_sha256(store: Any) -> str:
 
 
 def _comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A spec as far as a resumed run depends on it: how alike the experts started no longer matters."""
+    """A spec as far as a resumed run depends on it: how the experts were initialized no longer matters."""
     spec = copy.deepcopy(spec)
     if isinstance(spec.get("projection"), dict):
         spec["projection"].pop("expert_similarity", None)
+        spec["projection"].pop("init", None)
     return spec
 
 

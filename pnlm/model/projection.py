@@ -147,17 +147,30 @@ def init_expert_embedding(projection: Projection, rng: np.random.Generator) -> n
 def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, float]) -> dict[str, np.ndarray]:
     """Random E, M and T such that every instantiated expert starts at the scale of a fresh SLM.
 
-    E's rows have unit norm and M's entries variance 1/h, so a = E[i] @ M has |a|² ≈ 1; T's entries
-    have the SLM's variance σ² for that matrix, so W = Σ a_r T_r has entries of variance |a|² σ² ≈ σ².
-    `std` maps each projected matrix name prefix to its SLM standard deviation. How alike the experts
-    start is the spec's expert_similarity (init_expert_embedding); with 0, E is what it was before
-    that setting existed, draw for draw. (An M with orthonormal rows, |a| = 1 exactly, trained worse:
-    docs/results/pn-ablation.md.)
+    E's rows have unit norm (how alike they start is the spec's expert_similarity, init_expert_embedding;
+    with 0, E is what it was before that setting existed, draw for draw), M's entries are drawn with variance
+    1/h and T's with the SLM's variance σ² for that matrix (`std`: each projected matrix name prefix to its
+    SLM standard deviation), so a = E[i] @ M has |a|² ≈ 1 on average over draws. One draw of a matrix's M
+    lands anywhere from about |a| = 0.5 to 2, so its experts' W = Σ a_r T_r start at that multiple of the SLM's
+    scale, and AdamW, which moves every entry of T by about the learning rate, moves W by |a|_1 times it
+    (0.8 to 2.8 at h = 4): the spec's init "unit-variance" (the default) keeps that draw. "matched" then
+    rescales each matrix, M by 1 / mean_i |a_i|_1 and T by 1 / rms_i |a_i|, the experts' W unchanged but
+    for one factor: they start at the SLM's scale (rms over the experts) and move at the SLM's pace. It
+    trained no better at `small` (docs/results/pn-ablation.md, section 7), nor did an M with orthonormal
+    rows, |a| = 1 exactly, at `tiny` (section 3).
     """
     p: Projection = spec.projection
-    out = {EXPERT_EMBEDDING: init_expert_embedding(p, rng)}
+    table = init_expert_embedding(p, rng)
+    out = {EXPERT_EMBEDDING: table}
     for prefix, (rows, cols) in projected_matrices(spec).items():
-        out[f"{prefix}.basis"] = rng.standard_normal((p.h, rows, cols), dtype=np.float32) * np.float32(std[prefix])
-        out[f"{prefix}.mix"] = (rng.standard_normal((p.m, p.h)) / np.sqrt(p.h)).astype(np.float32)
+        basis = rng.standard_normal((p.h, rows, cols), dtype=np.float32) * np.float32(std[prefix])
+        mix = rng.standard_normal((p.m, p.h)) / np.sqrt(p.h)
+        if p.init == "matched":
+            step = np.abs(table.astype(np.float64) @ mix).sum(axis=1).mean()
+            mix = mix / step
+            scale = np.sqrt((np.linalg.norm(table.astype(np.float64) @ mix, axis=1) ** 2).mean())
+            basis = basis / np.float32(scale)
+        out[f"{prefix}.basis"] = basis
+        out[f"{prefix}.mix"] = mix.astype(np.float32)
     return out
 

@@ -21,6 +21,7 @@ MAX_EXPERTS = 1 << 16
 MAX_PARAMS = 200_000_000_000
 MAX_SPEC_BYTES = 1 << 20
 DEFAULT_EXPERT_SIMILARITY = 0.9  # docs/results/pn-ablation.md
+PROJECTION_INITS = ("unit-variance", "matched")  # docs/projected.md, docs/results/pn-ablation.md section 7
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,18 @@ class Projection:
     sqrt(c) u + sqrt(1 - c) g_i, with u shared and g_i the expert's own unit vector orthogonal to u, so two
     experts' embeddings start at cosine c on average: near one shared model, so that what one cluster
     teaches the MLPs reaches the others (docs/projected.md). 0 gives independent random experts.
+    init (initialization only): "unit-variance", M's entries of variance 1/h and T at the SLM's scale,
+    so that each matrix's experts start at a random multiple of the SLM's scale and AdamW moves them at a
+    random multiple of its pace; "matched" rescales each matrix's M and T so that both are the SLM's
+    (pnlm.model.projection.init_projection). Measured at `small` (docs/results/pn-ablation.md, section 7),
+    matched trained no better: kept for that ablation.
     """
 
     h: int
     k: int
     m: int
     expert_similarity: float = DEFAULT_EXPERT_SIMILARITY
+    init: str = "unit-variance"
 
     def validate(self) -> None:
         for name in ("h", "k", "m"):
@@ -45,6 +52,8 @@ class Projection:
         c = self.expert_similarity
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < 1:
             raise SpecError(f"projection.expert_similarity must be a number in [0, 1), got {c!r}")
+        if self.init not in PROJECTION_INITS:
+            raise SpecError(f"projection.init must be one of {', '.join(PROJECTION_INITS)}, got {self.init!r}")
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ class ModelSpec:
         if projection is not None:
             if not isinstance(projection, dict) or not {"h", "k", "m"} <= set(projection) <= PROJECTION_KEYS:
                 raise SpecError(f"{source}: projection must be a table with h, k and m (and optionally "
-                                f"expert_similarity)")
+                                f"expert_similarity, init)")
             values["projection"] = Projection(**projection)
         soup = values.get("soup")
         if soup is not None:
