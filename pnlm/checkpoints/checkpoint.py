@@ -181,9 +181,9 @@ def read_spec(path: str | Path, config: dict | None = None) -> ModelSpec:
         raise CheckpointError(f"{path / CONFIG_FILE}: expected format {FORMAT!r} version {VERSION}")
     spec = config.get("spec")
     if isinstance(spec, dict) and isinstance(spec.get("projection"), dict):
-        # Written before expert_similarity existed: those networks started from independent experts (0);
-        # before init existed: from the unit-variance draw.
-        spec = {**spec, "projection": {"expert_similarity": 0.0, "init": "unit-variance", **spec["projection"]}}
+        # Written before expert_similarity existed: those networks started from independent experts (0).
+        # (Without init: the unit-variance draw, the default, which to_dict leaves out.)
+        spec = {**spec, "projection": {"expert_similarity": 0.0, **spec["projection"]}}
     try:
         return ModelSpec.from_dict(spec, source=str(path / CONFIG_FILE))
     except PnlmError as exc:

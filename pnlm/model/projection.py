@@ -154,8 +154,9 @@ def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, fl
     lands anywhere from about |a| = 0.5 to 2, so its experts' W = Σ a_r T_r start at that multiple of the SLM's
     scale, and AdamW, which moves every entry of T by about the learning rate, moves W by |a|_1 times it
     (0.8 to 2.8 at h = 4): the spec's init "unit-variance" (the default) keeps that draw. "matched" then
-    rescales each matrix, M by 1 / mean_i |a_i|_1 and T by 1 / rms_i |a_i|, the experts' W unchanged but
-    for one factor: they start at the SLM's scale (rms over the experts) and move at the SLM's pace. It
+    rescales each matrix: M by 1 / mean_i |a_i|_1, then T by 1 / rms_i |a_i| of the rescaled a, the
+    experts' W unchanged but for one factor: they start at the SLM's scale (rms over the experts) and move
+    at the SLM's pace. It
     trained no better at `small` (docs/results/pn-ablation.md, section 7), nor did an M with orthonormal
     rows, |a| = 1 exactly, at `tiny` (section 3).
     """

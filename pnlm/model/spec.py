@@ -219,6 +219,8 @@ class ModelSpec:
         for name in ("rope_scaling", "soup"):  # absent, as in every spec written before they existed
             if data[name] is None:
                 data.pop(name)
+        if data["projection"] is not None and data["projection"]["init"] == "unit-variance":
+            data["projection"].pop("init")  # the default: a spec an earlier pnlm reads too
         return data
 
     @classmethod
@@ -234,7 +236,7 @@ class ModelSpec:
         if projection is not None:
             if not isinstance(projection, dict) or not {"h", "k", "m"} <= set(projection) <= PROJECTION_KEYS:
                 raise SpecError(f"{source}: projection must be a table with h, k and m (and optionally "
-                                f"expert_similarity, init)")
+                                f"{', '.join(sorted(PROJECTION_KEYS - {'h', 'k', 'm'}))})")
             values["projection"] = Projection(**projection)
         soup = values.get("soup")
         if soup is not None:
