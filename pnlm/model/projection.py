@@ -156,9 +156,8 @@ def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, fl
     (0.8 to 2.8 at h = 4): the spec's init "unit-variance" (the default) keeps that draw. "matched" then
     rescales each matrix: M by 1 / mean_i |a_i|_1, then T by 1 / rms_i |a_i| of the rescaled a, the
     experts' W unchanged but for one factor: they start at the SLM's scale (rms over the experts) and move
-    at the SLM's pace. It
-    trained no better at `small` (docs/results/pn-ablation.md, section 7), nor did an M with orthonormal
-    rows, |a| = 1 exactly, at `tiny` (section 3).
+    at the SLM's pace. It trained no better at `small` (docs/results/pn-ablation.md, section 7), nor did an
+    M with orthonormal rows, |a| = 1 exactly, at `tiny` (section 3).
     """
     p: Projection = spec.projection
     table = init_expert_embedding(p, rng)
