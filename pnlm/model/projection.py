@@ -166,9 +166,10 @@ def init_projection(spec: ModelSpec, rng: np.random.Generator, std: dict[str, fl
         basis = rng.standard_normal((p.h, rows, cols), dtype=np.float32) * np.float32(std[prefix])
         mix = rng.standard_normal((p.m, p.h)) / np.sqrt(p.h)
         if p.init == "matched":
-            step = np.abs(table.astype(np.float64) @ mix).sum(axis=1).mean()
+            a = coefficients(table, mix)  # every expert's, once
+            step = np.abs(a).sum(axis=1).mean()
             mix = mix / step
-            scale = np.sqrt((np.linalg.norm(table.astype(np.float64) @ mix, axis=1) ** 2).mean())
+            scale = np.sqrt((np.linalg.norm(a / step, axis=1) ** 2).mean())
             basis = basis / np.float32(scale)
         out[f"{prefix}.basis"] = basis
         out[f"{prefix}.mix"] = mix.astype(np.float32)
