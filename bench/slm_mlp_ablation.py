@@ -20,10 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 import pnlm
 from pnlm.backends.torch import train_step as torch_train_step
+from pnlm.files.atomic import atomic_file
 from pnlm.training import runs as training_runs
 
 BaseStep = torch_train_step.TrainStep
@@ -39,11 +39,11 @@ def step_with_mlp_scale(scale: float):
             mlp = [p for n, p in named if ".mlp." in n]
             if not mlp:
                 raise SystemExit("--mlp-lr-scale: the model has no .mlp. weights to scale")
-            spec = self.optimizer_spec
-            self.optimizer = torch.optim.AdamW(
-                [{"params": [p for n, p in named if ".mlp." not in n], "lr_scale": 1.0},
-                 {"params": mlp, "lr_scale": scale}],
-                lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay, fused=True)
+            # The step's own AdamW, before its first step, its one group split in two.
+            rest = self.optimizer.param_groups[0]
+            rest["params"] = [p for n, p in named if ".mlp." not in n]
+            rest["lr_scale"] = 1.0
+            self.optimizer.add_param_group({"params": mlp, "lr_scale": scale})
 
         def set_lr(self, lr: float) -> None:
             for group in self.optimizer.param_groups:
@@ -88,9 +88,8 @@ def main() -> None:
                              "give those or a new --out")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings) + "\n")
-        tmp.replace(record)
+        with atomic_file(record) as f:
+            f.write((json.dumps(settings) + "\n").encode())
     torch_train_step.TrainStep = step_with_mlp_scale(args.mlp_lr_scale)
     training_runs.init_weights = weights_with_layer0_mlp_scale(args.layer0_mlp_scale)
     summary = pnlm.pretrain(args.data, out, model=args.model, method="slm", backend="torch", steps=args.steps,
