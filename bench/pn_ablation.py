@@ -175,6 +175,9 @@ def plot(args: argparse.Namespace, rows: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, len(args.budgets), figsize=(6 * len(args.budgets), 4.5), squeeze=False)
     colors = dict(zip(ARMS, ["black", "tab:gray", "tab:red", "tab:orange", "tab:blue", "tab:green"]))
+    lrs = sorted({row["lr"] for row in rows})  # each learning rate its own shade and marker, lowest darkest
+    shade = {lr: 1.0 - 0.6 * i / max(len(lrs) - 1, 1) for i, lr in enumerate(lrs)}
+    markers = dict(zip(lrs, "os^vD"))
     for ax, budget in zip(axes[0], args.budgets):
         curves = {}
         for row in rows:
@@ -184,7 +187,7 @@ def plot(args: argparse.Namespace, rows: list[dict]) -> None:
         for (arm, lr, seed), points in sorted(curves.items()):
             steps, ppl = zip(*sorted(points))
             label = f"{arm}, lr {lr:g}"
-            ax.plot(steps, ppl, color=colors[arm], alpha=0.9 if lr == args.ablation_lr else 0.35,
+            ax.plot(steps, ppl, color=colors[arm], alpha=shade.get(lr, 0.9), marker=markers.get(lr), markersize=3,
                     linestyle="-" if seed == args.seeds[0] else "--", label=None if label in labelled else label)
             labelled.add(label)
         ax.set_yscale("log")
