@@ -2,7 +2,7 @@
 docs/results/soup.md).
 
     python bench/soup_vs_pn.py --data STORE --clusters CLUSTERS --tokenizer TOK --grid GRID --out DIR \
-        [--seeds 0,1] [--lr 2e-3] [--steps 1500] [--evals 5] [--domain-tokens 32000] [--reuse-embeddings DIR ...]
+        [--seeds 0,1] [--lr 1e-3] [--steps 1500] [--evals 5] [--domain-tokens 32000] [--reuse-embeddings DIR ...]
 
 The generic data, steps, batch (8 windows of the store's context) and learning rate of the SLM and PN runs of
 bench/pn_ablation.py's grid in GRID (runs/slm-lr{lr}-s{seed}-{steps},
@@ -112,7 +112,7 @@ def domain_store(args, domain: str) -> Path:
 def cell(args, method: str, seed: int, domain: str, store: Path, runs: dict) -> dict:
     import pnlm
 
-    name = f"{method}-s{seed}-{domain}"
+    name = f"{run_name(method, args.lr, seed, args.steps)}-{domain}"  # a record per pretraining it starts from
     folder = args.out / "cells" / name
 
     def work() -> dict:
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, required=True, help="bench/pn_ablation.py's --out (SLM and PN runs)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)  # the SLM's and PN's best at small
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--evals", type=int, default=5, help="evaluations of the pretraining: the grid's --evals")
     parser.add_argument("--context", type=int, default=128)
