@@ -187,7 +187,7 @@ def plot(args: argparse.Namespace, rows: list[dict]) -> None:
         for (arm, lr, seed), points in sorted(curves.items()):
             steps, ppl = zip(*sorted(points))
             label = f"{arm}, lr {lr:g}"
-            ax.plot(steps, ppl, color=colors[arm], alpha=shade.get(lr, 0.9), marker=markers.get(lr), markersize=3,
+            ax.plot(steps, ppl, color=colors[arm], alpha=shade[lr], marker=markers.get(lr), markersize=3,
                     linestyle="-" if seed == args.seeds[0] else "--", label=None if label in labelled else label)
             labelled.add(label)
         ax.set_yscale("log")

@@ -20,7 +20,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 import pnlm
 from pnlm.backends.torch import train_step as torch_train_step
 from pnlm.files.atomic import atomic_file

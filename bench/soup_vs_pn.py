@@ -11,8 +11,8 @@ DIR/runs/soup-lr{lr}-s{seed}-{steps}, with the same evaluations (--evals: the gr
 shared-corpora domain (its first --max-documents documents, split 80/10/10, its train split cut to
 --domain-tokens, labelled with CLUSTERS) and every seed: the SLM, PN's top-cluster expert and the soup's model
 for the domain's histogram, evaluated on the domain's test split before and after fine-tuning (torch, early
-stopping). Every step leaves a record (DIR/records/*.json): a rerun continues, a killed pretraining resumes from
-its checkpoint. Then DIR/results.csv, DIR/summary.md and DIR/curves.png. --reuse-embeddings: finished MiniLM
+stopping, with plans/cpu-small.toml's [finetune] settings). Every step leaves a record (DIR/records/*.json): a
+rerun continues, a killed pretraining resumes from its checkpoint. Then DIR/results.csv, DIR/summary.md and DIR/curves.png. --reuse-embeddings: finished MiniLM
 caches of stores holding the same tokens (another experiment's domain stores), copied instead of embedding the
 windows again.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import filecmp
 import json
 import math
@@ -29,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pnlm.experiment.plan import load_plan
+from pnlm.files.atomic import atomic_file
 from pn_ablation import eval_every  # the grid's evaluations (about 8, the last at the last step): the same steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +40,7 @@ DOMAINS = {"arxiv": "arxiv_science", "freelaw": "freelaw_legal", "github": "gith
            "openwebtext": "openwebtext_news", "stackexchange": "stackexchange_techdocs",
            "wikipedia": "wikipedia_encyclopedic"}
 METHODS = ("slm", "pn", "soup")
-FINETUNE = dict(steps=400, batch_size=8, lr=3.3e-4, eval_every=25, patience=3)  # plans/cpu-small.toml's
+PLAN = ROOT / "plans" / "cpu-small.toml"  # its [finetune] settings are the cells'
 
 
 def record(path: Path, work):
@@ -46,9 +49,8 @@ def record(path: Path, work):
         return json.loads(path.read_text())
     result = work()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        f.write((json.dumps(result, indent=2) + "\n").encode())
     return result
 
 
@@ -125,7 +127,8 @@ def cell(args, method: str, seed: int, domain: str, store: Path, runs: dict) -> 
             chosen = pnlm.instantiate(runs[method] / "latest", folder / "base", domain=store, expert="auto")
             base, expert = folder / "base", chosen.report.get("expert", "histogram")
         before = pnlm.evaluate(base, store, split="test", backend="torch").macro_ppl
-        summary = pnlm.finetune(base, store, folder / "ft", backend="torch", seed=seed, **FINETUNE)
+        summary = pnlm.finetune(base, store, folder / "ft", backend="torch", seed=seed,
+                                **dataclasses.asdict(load_plan(PLAN).finetune))
         tuned = folder / "ft" / ("best" if (folder / "ft" / "best").is_dir() else "latest")
         after = pnlm.evaluate(tuned, store, split="test", backend="torch").macro_ppl
         return {"method": method, "seed": seed, "domain": domain, "expert": expert, "pretrained_ppl": before,
